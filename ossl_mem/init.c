@@ -1,0 +1,257 @@
+/* init.c - glue: ossl_mem_init() and the public entry points for tags, stats and errors. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/random.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <openssl/crypto.h>
+
+#include "om.h"
+
+struct om_global om_g;
+
+static atomic_int init_state;   /* 0 never, 1 in progress, 2 done */
+static char options_error[256]; /* detail of the last OSSL_MEM_E_OPTIONS */
+
+const char *ossl_mem_strerror(int err)
+{
+    switch (err) {
+    case 0:
+        return "success";
+    case OSSL_MEM_E_TOO_LATE:
+        return "OpenSSL already allocated memory: call ossl_mem_init() before anything uses OpenSSL";
+    case OSSL_MEM_E_AGAIN:
+        return "ossl_mem_init() was already called in this process";
+    case OSSL_MEM_E_OPTIONS:
+        return options_error[0] ? options_error : "bad options string";
+    case OSSL_MEM_E_NOMEM:
+        return "cannot map memory for ossl_mem's pools";
+    case OSSL_MEM_E_HOOKED:
+        return "another allocator is already installed with CRYPTO_set_mem_functions()";
+    case OSSL_MEM_E_NOT_INIT:
+        return "ossl_mem_init() has not been called";
+    case OSSL_MEM_E_INVAL:
+        return "invalid argument";
+    case OSSL_MEM_E_LIMIT:
+        return "a fixed ossl_mem table is full (tags or tag stack depth)";
+    case OSSL_MEM_E_VERSION:
+        return "struct ossl_mem_config has an unknown version";
+    default:
+        return "unknown ossl_mem error";
+    }
+}
+
+/* True while OpenSSL still calls our three functions. */
+bool om_hooks_ours(void)
+{
+    CRYPTO_malloc_fn m;
+    CRYPTO_realloc_fn r;
+    CRYPTO_free_fn f;
+    CRYPTO_get_mem_functions(&m, &r, &f);
+    return m == om_malloc_cb && r == om_realloc_cb && f == om_free_cb;
+}
+
+static void fork_prepare(void)
+{
+    pthread_mutex_lock(&om_g.tags_lock);
+    om_tc_fork_prepare();
+    om_pool_fork_prepare();
+    om_large_fork_prepare();
+}
+
+static void fork_parent(void)
+{
+    om_large_fork_parent();
+    om_pool_fork_parent();
+    om_tc_fork_parent();
+    pthread_mutex_unlock(&om_g.tags_lock);
+}
+
+static void fork_child(void)
+{
+    om_large_fork_child();
+    om_pool_fork_child();
+    om_tc_fork_child();
+    pthread_mutex_init(&om_g.tags_lock, NULL);
+}
+
+/* atexit handler for the report= option; runs after OpenSSL's own cleanup. */
+static void exit_report(void)
+{
+    const char *dest = om_g.opt.report;
+    if (strcmp(dest, "stderr") == 0) {
+        ossl_mem_report(stderr, OSSL_MEM_REPORT_TEXT);
+        return;
+    }
+    FILE *out = fopen(dest, "w");
+    if (!out) {
+        om_msg("cannot write the exit report to %s: %s", dest, strerror(errno));
+        return;
+    }
+    size_t len = strlen(dest);
+    bool json = len > 5 && strcmp(dest + len - 5, ".json") == 0;
+    ossl_mem_report(out, json ? OSSL_MEM_REPORT_JSON : OSSL_MEM_REPORT_TEXT);
+    fclose(out);
+}
+
+/* A random key for header checks; falls back to weaker sources without getrandom. */
+static uint64_t make_cookie(void)
+{
+    uint64_t c = 0;
+    if (getrandom(&c, sizeof c, GRND_NONBLOCK) != (ssize_t)sizeof c) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        c = (uint64_t)ts.tv_nsec * 0x9E3779B97F4A7C15ull ^ (uint64_t)getpid() << 32 ^
+            (uint64_t)(uintptr_t)&c;
+    }
+    return c | 1;
+}
+
+/* Reads cfg and the environment into om_g.opt. Returns 0 or OSSL_MEM_E_OPTIONS. */
+static int load_options(const struct ossl_mem_config *cfg)
+{
+    om_opts_default(&om_g.opt);
+    options_error[0] = 0;
+    int rc = 0;
+    if (cfg && cfg->options)
+        rc = om_opts_parse(&om_g.opt, cfg->options, "the config options", options_error,
+                           sizeof options_error);
+    if (rc == 0 && !(cfg && (cfg->flags & OSSL_MEM_CFG_IGNORE_ENV))) {
+        const char *env = secure_getenv("OSSL_MEM_OPTIONS");
+        if (env)
+            rc = om_opts_parse(&om_g.opt, env, "OSSL_MEM_OPTIONS", options_error,
+                               sizeof options_error);
+    }
+    if (rc)
+        om_msg("%s", options_error);
+    return rc;
+}
+
+int ossl_mem_init(const struct ossl_mem_config *cfg)
+{
+    if (cfg && cfg->version != OSSL_MEM_CONFIG_VERSION)
+        return OSSL_MEM_E_VERSION;
+    int expect = 0;
+    if (!atomic_compare_exchange_strong(&init_state, &expect, 1))
+        return OSSL_MEM_E_AGAIN;
+    int rc = load_options(cfg);
+    if (rc)
+        goto fail;
+
+    /* Someone else's allocator, or OpenSSL already allocating: refuse before mapping anything. */
+    CRYPTO_malloc_fn m;
+    CRYPTO_realloc_fn r;
+    CRYPTO_free_fn f;
+    CRYPTO_get_mem_functions(&m, &r, &f);
+    if (m != CRYPTO_malloc || r != CRYPTO_realloc || f != CRYPTO_free) {
+        rc = OSSL_MEM_E_HOOKED;
+        goto fail;
+    }
+    /* Setting the defaults again changes nothing but tells whether it is too late. */
+    if (!CRYPTO_set_mem_functions(CRYPTO_malloc, CRYPTO_realloc, CRYPTO_free)) {
+        rc = OSSL_MEM_E_TOO_LATE;
+        goto fail;
+    }
+
+    om_g.cookie = make_cookie();
+    om_g.owner = 1;
+    if ((rc = om_site_init()) || (rc = om_pool_init()) || (rc = om_large_init()) ||
+        (rc = om_tc_init()))
+        goto fail; /* mappings made so far stay: a process that cannot map 1 MiB is going down */
+    pthread_atfork(fork_prepare, fork_parent, fork_child);
+    if (!CRYPTO_set_mem_functions(om_malloc_cb, om_realloc_cb, om_free_cb)) {
+        rc = OSSL_MEM_E_TOO_LATE;
+        goto fail;
+    }
+    if (om_g.opt.report[0])
+        atexit(exit_report);
+    om_g.ready = true;
+    atomic_store(&init_state, 2);
+    return 0;
+fail:
+    atomic_store(&init_state, 0);
+    return rc;
+}
+
+int ossl_mem_tag_push(const char *tag)
+{
+    if (!om_g.ready)
+        return OSSL_MEM_E_NOT_INIT;
+    struct om_tc *tc = om_tc_enter();
+    int id = OSSL_MEM_E_LIMIT;
+    if (tc->depth < OSSL_MEM_MAX_TAG_DEPTH)
+        id = om_tag_id(tag);
+    if (id >= 0) {
+        tc->tags[tc->depth++] = (uint8_t)id;
+        tc->tag = (uint8_t)id;
+    }
+    om_tc_leave(tc);
+    return id < 0 ? id : 0;
+}
+
+void ossl_mem_tag_pop(void)
+{
+    if (!om_g.ready)
+        return;
+    struct om_tc *tc = om_tc_enter();
+    if (tc->depth > 0)
+        tc->depth--;
+    tc->tag = tc->depth ? tc->tags[tc->depth - 1] : 0;
+    om_tc_leave(tc);
+}
+
+int ossl_mem_get_stats(struct ossl_mem_stats *st)
+{
+    if (!st)
+        return OSSL_MEM_E_INVAL;
+    memset(st, 0, sizeof *st);
+    if (!om_g.ready)
+        return OSSL_MEM_E_NOT_INIT;
+    struct om_tstat sum;
+    om_stats_sum(&sum, &st->quarantine_bytes, &st->quarantine_chunks, &st->threads);
+    int64_t live = 0, chunks = 0;
+    for (unsigned t = 0; t < OSSL_MEM_MAX_TAGS; t++) {
+        live += sum.tag_bytes[t];
+        chunks += sum.tag_chunks[t];
+        st->allocs += sum.tag_allocs[t];
+    }
+    st->live_bytes = live > 0 ? (uint64_t)live : 0;
+    st->live_chunks = chunks > 0 ? (uint64_t)chunks : 0;
+    int64_t peak = atomic_load(&om_g.peak);
+    st->peak_bytes = (uint64_t)(peak > live ? peak : live);
+    st->frees = sum.frees;
+    st->reallocs = sum.reallocs;
+    st->failed_allocs = sum.failed;
+    st->double_frees = om_g.faults[OM_F_DOUBLE_FREE] + om_g.faults[OM_F_DOUBLE_REALLOC];
+    st->invalid_frees = om_g.faults[OM_F_INVALID_FREE] + om_g.faults[OM_F_INVALID_REALLOC];
+    st->uaf_writes = om_g.faults[OM_F_UAF_WRITE];
+    st->corrupt_headers = om_g.faults[OM_F_CORRUPT];
+    st->private_mapped = om_pool_mapped() + atomic_load(&om_g.large_mapped);
+    st->large_chunks = atomic_load(&om_g.large_live);
+    st->hooks_replaced = !om_hooks_ours();
+    return 0;
+}
+
+int ossl_mem_get_tag_stats(const char *tag, struct ossl_mem_tag_stats *st)
+{
+    if (!st || !tag)
+        return OSSL_MEM_E_INVAL;
+    memset(st, 0, sizeof *st);
+    if (!om_g.ready)
+        return OSSL_MEM_E_NOT_INIT;
+    unsigned n = atomic_load(&om_g.ntags), t;
+    for (t = 0; t < n; t++)
+        if (strcmp(om_g.tag_names[t], tag) == 0)
+            break;
+    if (t == n)
+        return OSSL_MEM_E_INVAL;
+    struct om_tstat sum;
+    uint64_t qb, qc, th;
+    om_stats_sum(&sum, &qb, &qc, &th);
+    st->live_bytes = sum.tag_bytes[t] > 0 ? (uint64_t)sum.tag_bytes[t] : 0;
+    st->live_chunks = sum.tag_chunks[t] > 0 ? (uint64_t)sum.tag_chunks[t] : 0;
+    st->allocs = sum.tag_allocs[t];
+    return 0;
+}

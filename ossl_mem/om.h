@@ -1,0 +1,405 @@
+/* om.h - private types, invariants and inline helpers shared by every ossl_mem source file. */
+#ifndef OM_H
+#define OM_H
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/types.h>
+
+#include "ossl_mem.h"
+
+#define OM_LIKELY(x)   __builtin_expect(!!(x), 1)
+#define OM_UNLIKELY(x) __builtin_expect(!!(x), 0)
+#define OM_HIDDEN      __attribute__((visibility("hidden")))
+#define OM_COLD        __attribute__((cold, noinline))
+
+/*
+ * Assertions. OM_ASSERT guards memory safety and is always on: it reports
+ * through om_die() (no allocation, one line) and aborts. OM_DASSERT is for
+ * expensive checks and exists only in --enable-debug builds.
+ */
+#define OM_ASSERT(c) \
+    do { if (OM_UNLIKELY(!(c))) om_die(__FILE__, __LINE__, #c); } while (0)
+#ifdef OM_DEBUG
+#define OM_DASSERT(c) OM_ASSERT(c)
+#else
+#define OM_DASSERT(c) ((void)0)
+#endif
+
+/* ------------------------------------------------------------------ */
+/* Chunk header                                                        */
+/* ------------------------------------------------------------------ */
+
+/*
+ * Every chunk, private or large, starts with this 16-byte header; the user
+ * pointer is the address right after it and is 16-byte aligned.
+ *
+ *   0        4        6        8        10   11   12   13   14       16
+ *   +--------+--------+--------+--------+----+----+----+----+--------+----------
+ *   | size   | asite  | fsite  | owner  |cls |tag |st  |flg | check  | user ...
+ *   +--------+--------+--------+--------+----+----+----+----+--------+----------
+ *
+ * <check> is a 16-bit hash of the other 14 bytes, of the header's address
+ * and of a random per-process cookie: it is the header's keyed magic, so a
+ * header overwritten by a stray write, or 16 bytes of user data in front of
+ * an interior pointer, is detected instead of trusted.
+ */
+struct om_chunk {
+    uint32_t size;      /* requested bytes (UINT32_MAX: see the large table) */
+    uint16_t asite;     /* site of the allocation (or last realloc) */
+    uint16_t fsite;     /* site of the last free (0 if never freed) */
+    uint16_t owner;     /* owner: process generation that allocated it */
+    uint8_t  cls;       /* size class, or OM_CLS_LARGE */
+    uint8_t  tag;       /* pool tag index */
+    uint8_t  state;     /* OM_ST_* */
+    uint8_t  flags;     /* OM_CF_* */
+    uint16_t check;     /* keyed checksum of the above */
+};
+_Static_assert(sizeof(struct om_chunk) == 16, "chunk header must be 16 bytes");
+
+#define OM_HDR          ((size_t)sizeof(struct om_chunk))
+#define OM_ALIGN        16
+
+/* Chunk states: distinctive byte values, never 0 (0 = never handed out). */
+#define OM_ST_LIVE      0xA5
+#define OM_ST_FREED     0xF4
+#define OM_ST_QUAR      0xC3
+
+#define OM_CLS_LARGE    0xFE
+
+/* ------------------------------------------------------------------ */
+/* Size classes and segments                                           */
+/* ------------------------------------------------------------------ */
+
+#define OM_NCLS         40              /* small classes: 16 B .. 32 KiB */
+#define OM_SMALL_MAX    32768           /* larger requests get their own mapping */
+#define OM_MAX_REQUEST  ((size_t)1 << 40) /* anything larger fails with ENOMEM */
+
+#define OM_SEG_SHIFT    22              /* 4 MiB segments, aligned to their size */
+#define OM_SEG_SIZE     ((size_t)1 << OM_SEG_SHIFT)
+#define OM_SLOT_SHIFT   16              /* divided into 64 slots of 64 KiB */
+#define OM_SLOT_SIZE    ((size_t)1 << OM_SLOT_SHIFT)
+#define OM_NSLOTS       (OM_SEG_SIZE / OM_SLOT_SIZE)
+#define OM_SLOT_NONE    0xFF
+
+/*
+ * A segment's first slot holds this header; every other slot belongs to a
+ * run (one or more consecutive slots) of one size class. Runs are carved in
+ * order and never change class, so a pointer's run, class and chunk index
+ * can be computed without touching the chunk itself.
+ */
+struct om_seg {
+    uint8_t slot_cls[OM_NSLOTS];    /* class of the run covering each slot, OM_SLOT_NONE if free */
+    uint8_t slot_first[OM_NSLOTS];  /* first slot of that run */
+    uint32_t next_slot;             /* next uncarved slot */
+};
+
+/* Per-class constants, filled once by om_pool_init(). */
+struct om_class {
+    uint32_t size;      /* usable bytes */
+    uint32_t stride;    /* size + header */
+    uint32_t nchunks;   /* chunks in one run */
+    uint32_t nslots;    /* slots in one run */
+    uint32_t tc_cap;    /* thread-cache capacity */
+    uint64_t recip;     /* ceil(2^40 / stride): exact division for offsets in a run */
+};
+
+/* Central free store of one size class, shared by the process's threads. */
+struct om_central {
+    pthread_mutex_t lock;   /* protects everything below */
+    struct om_chunk *free;  /* free chunks, linked through their first user word */
+    uint32_t nfree;         /* length of <free> */
+    char *bump;             /* next uncarved chunk of the current run */
+    char *bump_end;         /* end of the current run */
+} __attribute__((aligned(64)));
+
+/* ------------------------------------------------------------------ */
+/* Sites and tags                                                      */
+/* ------------------------------------------------------------------ */
+
+#define OM_NSITES       65536
+#define OM_SITE_NONE    0   /* file NULL and line 0, or nothing recorded */
+#define OM_SITE_OTHER   1   /* table full or unencodable file:line */
+
+/* ------------------------------------------------------------------ */
+/* Thread caches and statistics                                        */
+/* ------------------------------------------------------------------ */
+
+#define OM_TC_CAP       64
+
+/* Counters owned by one thread (written by it alone, read by any). */
+struct om_tstat {
+    int64_t tag_bytes[OSSL_MEM_MAX_TAGS];   /* live requested bytes per tag */
+    int64_t tag_chunks[OSSL_MEM_MAX_TAGS];  /* live chunks per tag */
+    uint64_t tag_allocs[OSSL_MEM_MAX_TAGS]; /* chunks created per tag */
+    uint64_t frees;                         /* chunks released */
+    uint64_t reallocs;                      /* realloc calls */
+    uint64_t failed;                        /* allocations that returned NULL */
+    int64_t pending;                        /* live-byte delta not yet added to om_g.live */
+};
+
+/* Per-thread quarantine: a FIFO ring of freed chunks, bounded in bytes. */
+struct om_quar {
+    struct om_chunk **ring; /* mapped on first use */
+    uint32_t head;          /* oldest entry */
+    uint32_t tail;          /* next free entry */
+    uint32_t mask;          /* ring size - 1 */
+    size_t bytes;           /* usable bytes held */
+};
+
+struct om_tc {
+    uint32_t n[OM_NCLS];                    /* cached chunks per class */
+    uint8_t tag;                            /* current tag (top of stack) */
+    uint8_t depth;                          /* tag stack depth */
+    uint8_t tags[OSSL_MEM_MAX_TAG_DEPTH];   /* tag stack */
+    bool orphan;                            /* the shared fallback cache (under om_g.orphan_lock) */
+    pthread_t thread;                       /* owning thread */
+    struct om_tc *next, *prev;              /* om_g.threads list */
+    struct om_quar quar;                    /* quarantine */
+    struct om_tstat st __attribute__((aligned(64)));   /* this thread's counters */
+    struct om_chunk *slot[OM_NCLS][OM_TC_CAP];         /* cached free chunks */
+};
+
+/* ------------------------------------------------------------------ */
+/* Options and global state                                            */
+/* ------------------------------------------------------------------ */
+
+enum om_policy { OM_POLICY_REPORT = 0, OM_POLICY_ABORT, OM_POLICY_IGNORE };
+
+struct om_opts {
+    size_t quarantine;      /* bytes held back per thread */
+    bool zero;              /* wipe chunks on free */
+    enum om_policy policy;  /* what a detected error does */
+    char report[256];       /* "" none, "stderr", or a file name: report at exit */
+    size_t reserve;         /* private address space to reserve */
+};
+
+/* Fault kinds, each with its counter. */
+enum om_fault {
+    OM_F_DOUBLE_FREE = 0,   /* free of a freed chunk */
+    OM_F_DOUBLE_REALLOC,    /* realloc of a freed chunk */
+    OM_F_INVALID_FREE,      /* free of a pointer that is not a chunk of ours */
+    OM_F_INVALID_REALLOC,   /* realloc of such a pointer */
+    OM_F_CORRUPT,           /* header failed its check */
+    OM_F_UAF_WRITE,         /* freed chunk was written to */
+    OM_F_HOOKS,             /* our OpenSSL hooks were replaced */
+    OM_F_COUNT
+};
+
+struct om_global {
+    bool ready;                     /* ossl_mem_init() succeeded */
+    struct om_opts opt;             /* parsed options */
+    uint64_t cookie;                /* random key of header checks */
+    uint16_t owner;                 /* this process's generation */
+
+    /* private region: reserved once, segments committed in order */
+    char *region;                   /* base, OM_SEG_SIZE aligned */
+    size_t region_size;             /* reserved bytes */
+    _Atomic size_t region_used;     /* committed bytes (whole segments) */
+    pthread_mutex_t seg_lock;       /* carving of segments and runs */
+    struct om_seg *cur_seg;         /* segment being carved */
+
+    struct om_central central[OM_NCLS];
+
+    /* threads */
+    pthread_key_t key;              /* destructor returns a thread's cache */
+    pthread_mutex_t threads_lock;   /* protects the list and <retired> */
+    struct om_tc *threads;          /* live caches, orphan included */
+    struct om_tstat retired;        /* counters of exited threads */
+    pthread_mutex_t orphan_lock;    /* serialises use of <orphan> */
+    struct om_tc *orphan;           /* cache for threads past their destructor */
+
+    /* statistics kept globally */
+    _Atomic int64_t live;           /* flushed live bytes */
+    _Atomic int64_t peak;           /* highest flushed live bytes */
+    _Atomic uint64_t faults[OM_F_COUNT];
+    _Atomic uint64_t large_mapped;  /* bytes in large mappings */
+    _Atomic uint64_t large_live;    /* live large chunks */
+
+    /* sites and tags */
+    _Atomic uint64_t *sites;        /* OM_NSITES keys: file pointer | line << 47 */
+    pthread_mutex_t tags_lock;      /* protects tag creation */
+    _Atomic unsigned ntags;         /* tags in use */
+    char tag_names[OSSL_MEM_MAX_TAGS][OSSL_MEM_TAG_NAME_MAX + 1];
+
+    /* error reporting: one message per (fault, site) */
+    _Atomic uint64_t reported[OM_F_COUNT][OM_NSITES / 64];
+};
+
+OM_HIDDEN extern struct om_global om_g;
+OM_HIDDEN extern struct om_class om_cls[OM_NCLS];
+OM_HIDDEN extern uint8_t om_cls_small[65];   /* (size + 15) >> 4, size <= 1024 */
+OM_HIDDEN extern uint8_t om_cls_mid[128];    /* (size - 1) >> 8, 1024 < size <= 32768 */
+extern __thread struct om_tc *om_tls_tc __attribute__((tls_model("initial-exec")));
+
+#define OM_TC_DEAD ((struct om_tc *)1)
+
+/* ------------------------------------------------------------------ */
+/* Inline helpers                                                      */
+/* ------------------------------------------------------------------ */
+
+/* Size class of a request of <size> <= OM_SMALL_MAX bytes. */
+static inline unsigned om_size_class(size_t size)
+{
+    if (size <= 1024)
+        return om_cls_small[(size + 15) >> 4];
+    return om_cls_mid[(size - 1) >> 8];
+}
+
+/* The 16-bit keyed check of header <h> whose other fields are <w0>, <w1>. */
+static inline uint16_t om_check16(const struct om_chunk *h, uint64_t w0, uint64_t w1)
+{
+    uint64_t x = (w0 ^ om_g.cookie) * 0x9E3779B97F4A7C15ull;
+    x ^= ((w1 & 0xFFFFFFFFFFFFull) + (uint64_t)(uintptr_t)h) * 0xC2B2AE3D27D4EB4Full;
+    x ^= x >> 31;
+    x *= 0xD6E8FEB86659FD93ull;
+    return (uint16_t)(x >> 48);
+}
+
+/* Reads the two words of a header. */
+static inline void om_hdr_load(const struct om_chunk *h, uint64_t *w0, uint64_t *w1)
+{
+    memcpy(w0, h, 8);
+    memcpy(w1, (const char *)h + 8, 8);
+}
+
+/* Whether the check in words <w0>, <w1> of header <h> is right. */
+static inline bool om_hdr_valid(const struct om_chunk *h, uint64_t w0, uint64_t w1)
+{
+    return (uint16_t)(w1 >> 48) == om_check16(h, w0, w1);
+}
+
+/* Builds and stores a whole header. */
+static inline void om_hdr_store(struct om_chunk *h, uint32_t size, uint16_t asite, uint16_t fsite,
+                                uint16_t owner, uint8_t cls, uint8_t tag, uint8_t state,
+                                uint8_t flags)
+{
+    uint64_t w0 = (uint64_t)size | (uint64_t)asite << 32 | (uint64_t)fsite << 48;
+    uint64_t w1 = (uint64_t)owner | (uint64_t)cls << 16 | (uint64_t)tag << 24 |
+                  (uint64_t)state << 32 | (uint64_t)flags << 40;
+    w1 |= (uint64_t)om_check16(h, w0, w1) << 48;
+    memcpy(h, &w0, 8);
+    memcpy((char *)h + 8, &w1, 8);
+}
+
+/* Rewrites the check after fields of <h> were changed in place. */
+static inline void om_hdr_seal(struct om_chunk *h)
+{
+    uint64_t w0, w1;
+    om_hdr_load(h, &w0, &w1);
+    h->check = om_check16(h, w0, w1);
+}
+
+static inline void *om_user(struct om_chunk *h) { return h + 1; }
+static inline struct om_chunk *om_hdr(const void *p) { return (struct om_chunk *)p - 1; }
+
+/* Class of the run that holds chunk <h> (a chunk of the private region). */
+static inline unsigned om_run_class(const struct om_chunk *h)
+{
+    const struct om_seg *s = (const struct om_seg *)((uintptr_t)h & ~(uintptr_t)(OM_SEG_SIZE - 1));
+    return s->slot_cls[((uintptr_t)h - (uintptr_t)s) >> OM_SLOT_SHIFT];
+}
+
+/* Relaxed add to a counter that only the calling thread writes. */
+#define OM_CTR_ADD(c, v) \
+    __atomic_store_n(&(c), __atomic_load_n(&(c), __ATOMIC_RELAXED) + (v), __ATOMIC_RELAXED)
+#define OM_CTR_GET(c) __atomic_load_n(&(c), __ATOMIC_RELAXED)
+
+/* ------------------------------------------------------------------ */
+/* Internal functions (om_ prefix: shared between files, never exported) */
+/* ------------------------------------------------------------------ */
+
+/* fault.c */
+OM_HIDDEN void om_die(const char *file, int line, const char *what) __attribute__((noreturn));
+OM_HIDDEN void om_fault(enum om_fault f, const void *p, const struct om_chunk *h,
+                        const char *file, int line, const char *detail);
+OM_HIDDEN void om_msg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+OM_HIDDEN const char *om_site_str(uint16_t site, char *buf, size_t len);
+
+/* options.c */
+OM_HIDDEN void om_opts_default(struct om_opts *o);
+OM_HIDDEN int om_opts_parse(struct om_opts *o, const char *s, const char *origin, char *err,
+                            size_t errlen);
+
+/* site.c */
+OM_HIDDEN int om_site_init(void);
+OM_HIDDEN uint16_t om_site_id(const char *file, int line);
+OM_HIDDEN bool om_site_get(uint16_t id, const char **file, int *line);
+OM_HIDDEN int om_tag_id(const char *name);
+
+/* pool.c */
+OM_HIDDEN int om_pool_init(void);
+OM_HIDDEN void *om_pool_alloc(struct om_tc *tc, size_t size, uint16_t site, uint8_t tag);
+OM_HIDDEN struct om_chunk *om_pool_find(const void *p, const char **why);
+OM_HIDDEN void om_pool_release(struct om_tc *tc, struct om_chunk *h);
+OM_HIDDEN void om_central_put(unsigned cls, struct om_chunk **v, unsigned n);
+OM_HIDDEN size_t om_pool_mapped(void);
+typedef void (*om_chunk_fn)(struct om_chunk *h, size_t usable, void *arg);
+OM_HIDDEN void om_pool_walk(om_chunk_fn fn, void *arg);
+OM_HIDDEN void om_pool_fork_prepare(void);
+OM_HIDDEN void om_pool_fork_parent(void);
+OM_HIDDEN void om_pool_fork_child(void);
+
+/* large.c */
+OM_HIDDEN int om_large_init(void);
+OM_HIDDEN void *om_large_alloc(struct om_tc *tc, size_t size, uint16_t site, uint8_t tag);
+OM_HIDDEN int om_large_find(const void *p, struct om_chunk **hp, size_t *size, size_t *cap);
+OM_HIDDEN void om_large_resize(struct om_chunk *h, size_t size);
+OM_HIDDEN void om_large_free(struct om_tc *tc, struct om_chunk *h, uint16_t fsite);
+OM_HIDDEN void om_large_walk(om_chunk_fn fn, void *arg);
+OM_HIDDEN void om_large_fork_prepare(void);
+OM_HIDDEN void om_large_fork_parent(void);
+OM_HIDDEN void om_large_fork_child(void);
+
+/* tc.c */
+OM_HIDDEN int om_tc_init(void);
+OM_HIDDEN struct om_tc *om_tc_enter_slow(void);
+OM_HIDDEN void om_tc_flush_class(struct om_tc *tc, unsigned cls, unsigned keep);
+OM_HIDDEN void om_tc_refill(struct om_tc *tc, unsigned cls);
+OM_HIDDEN void om_quar_push(struct om_tc *tc, struct om_chunk *h);
+OM_HIDDEN void om_stat_flush(struct om_tc *tc);
+OM_HIDDEN void om_tc_fork_prepare(void);
+OM_HIDDEN void om_tc_fork_parent(void);
+OM_HIDDEN void om_tc_fork_child(void);
+
+OM_HIDDEN void om_stats_sum(struct om_tstat *sum, uint64_t *qbytes, uint64_t *qchunks,
+                           uint64_t *threads);
+
+/* router.c */
+OM_HIDDEN void *om_malloc_cb(size_t n, const char *file, int line);
+OM_HIDDEN void *om_realloc_cb(void *p, size_t n, const char *file, int line);
+OM_HIDDEN void om_free_cb(void *p, const char *file, int line);
+
+/* check.c */
+OM_HIDDEN bool om_hooks_ours(void);
+
+/* Returns the calling thread's cache, making one if needed. Pair with om_tc_leave(). */
+static inline struct om_tc *om_tc_enter(void)
+{
+    struct om_tc *tc = om_tls_tc;
+    if (OM_LIKELY((uintptr_t)tc > (uintptr_t)OM_TC_DEAD))
+        return tc;
+    return om_tc_enter_slow();
+}
+
+static inline void om_tc_leave(struct om_tc *tc)
+{
+    if (OM_UNLIKELY(tc->orphan))
+        pthread_mutex_unlock(&om_g.orphan_lock);
+}
+
+/* Accounts a live-byte change of <d> in thread <tc>; flushes to the global peak now and then. */
+static inline void om_stat_live(struct om_tc *tc, int64_t d)
+{
+    int64_t p = tc->st.pending + d;
+    tc->st.pending = p;
+    if (OM_UNLIKELY(p >= 4096 || p <= -4096))
+        om_stat_flush(tc);
+}
+
+#endif /* OM_H */

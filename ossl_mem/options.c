@@ -1,0 +1,191 @@
+/* options.c - the one table of options: parsing of "word,word=value" strings and the help text. */
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "om.h"
+
+enum kind { K_SIZE, K_BOOL, K_POLICY, K_PATH, K_HELP };
+
+struct option {
+    const char *name;   /* word in the options string */
+    enum kind kind;     /* how its value is read */
+    const char *def;    /* default, as text for the help */
+    const char *help;   /* one line */
+    size_t off;         /* field of struct om_opts it sets */
+};
+
+#define F(field) offsetof(struct om_opts, field)
+
+static const struct option table[] = {
+    {"quarantine", K_SIZE, "256K",
+     "bytes of freed chunks each thread holds back before reuse, so a late double free "
+     "still finds the freed mark (0 disables)", F(quarantine)},
+    {"zero", K_BOOL, "on",
+     "wipe every freed chunk over its whole usable size, and the old block of a moving "
+     "realloc (no-zero turns it off)", F(zero)},
+    {"on-error", K_POLICY, "report",
+     "what a double, invalid or corrupt free does: report (one line per site, skip it), "
+     "abort (one line, SIGABRT) or ignore (count only)", F(policy)},
+    {"report", K_PATH, "none",
+     "write a report at exit: stderr, or a file name (JSON if it ends in .json); the live "
+     "chunks it lists are the leaks", F(report)},
+    {"reserve", K_SIZE, "32G",
+     "address space reserved for the private pools (halved until the system grants it)",
+     F(reserve)},
+    {"help", K_HELP, "-", "print this table on stderr", 0},
+};
+
+#define NOPT (sizeof table / sizeof table[0])
+
+void om_opts_default(struct om_opts *o)
+{
+    memset(o, 0, sizeof *o);
+    o->quarantine = 256 * 1024;
+    o->zero = true;
+    o->policy = OM_POLICY_REPORT;
+    o->reserve = (size_t)32 << 30;
+}
+
+void ossl_mem_options_help(FILE *out)
+{
+    fprintf(out, "ossl_mem options (OSSL_MEM_OPTIONS=\"word,word=value,...\"; sizes take K, M or G):\n");
+    for (size_t i = 0; i < NOPT; i++) {
+        const struct option *op = &table[i];
+        const char *form = op->kind == K_SIZE     ? "=SIZE"
+                           : op->kind == K_POLICY ? "=report|abort|ignore"
+                           : op->kind == K_PATH   ? "=stderr|FILE"
+                                                  : "";
+        char head[64];
+        snprintf(head, sizeof head, "%s%s%s", op->kind == K_BOOL ? "[no-]" : "", op->name, form);
+        fprintf(out, "  %-28s %s (default: %s)\n", head, op->help, op->def);
+    }
+}
+
+/* Parses a size with an optional K/M/G suffix. Returns 0 or -1. */
+static int parse_size(const char *v, size_t len, size_t *out)
+{
+    if (len == 0 || len > 30 || *v < '0' || *v > '9')
+        return -1;
+    char buf[32];
+    memcpy(buf, v, len);
+    buf[len] = 0;
+    char *end;
+    errno = 0;
+    unsigned long long n = strtoull(buf, &end, 10);
+    if (errno)
+        return -1;
+    unsigned shift = 0;
+    switch (*end) {
+    case 'k': case 'K': shift = 10; end++; break;
+    case 'm': case 'M': shift = 20; end++; break;
+    case 'g': case 'G': shift = 30; end++; break;
+    }
+    if (*end == 'B' || *end == 'b')
+        end++;
+    if (*end || (shift && n > (~0ull >> shift)))
+        return -1;
+    *out = (size_t)(n << shift);
+    return 0;
+}
+
+/*
+ * Applies the options string <s> (from <origin>, for messages) to <o>.
+ * Returns 0, or OSSL_MEM_E_OPTIONS with a message naming the bad word in
+ * <err>. Words are separated by commas; spaces around them are ignored.
+ */
+int om_opts_parse(struct om_opts *o, const char *s, const char *origin, char *err,
+                  size_t errlen)
+{
+    char dummy[1];
+    if (!err) {
+        err = dummy;
+        errlen = sizeof dummy;
+    }
+    while (s && *s) {
+        while (*s == ',' || *s == ' ' || *s == '\t')
+            s++;
+        if (!*s)
+            break;
+        const char *w = s;
+        while (*s && *s != ',')
+            s++;
+        size_t wlen = (size_t)(s - w);
+        while (wlen && (w[wlen - 1] == ' ' || w[wlen - 1] == '\t'))
+            wlen--;
+        const char *eq = memchr(w, '=', wlen);
+        size_t nlen = eq ? (size_t)(eq - w) : wlen;
+        const char *v = eq ? eq + 1 : NULL;
+        size_t vlen = eq ? wlen - nlen - 1 : 0;
+        bool neg = false;
+        const struct option *op = NULL;
+        for (size_t i = 0; i < NOPT && !op; i++) {
+            const char *n = table[i].name;
+            if (strlen(n) == nlen && memcmp(n, w, nlen) == 0)
+                op = &table[i];
+            else if (table[i].kind == K_BOOL && nlen == strlen(n) + 3 &&
+                     memcmp(w, "no-", 3) == 0 && memcmp(w + 3, n, nlen - 3) == 0)
+                op = &table[i], neg = true;
+        }
+        if (!op) {
+            snprintf(err, errlen, "unknown option '%.*s' in %s (OSSL_MEM_OPTIONS=help lists them)",
+                     (int)wlen, w, origin);
+            return OSSL_MEM_E_OPTIONS;
+        }
+        bool need_value = op->kind == K_SIZE || op->kind == K_POLICY || op->kind == K_PATH;
+        if (need_value != (v != NULL) || (v && vlen == 0)) {
+            snprintf(err, errlen, "option '%.*s' in %s %s", (int)wlen, w, origin,
+                     need_value ? "needs a value (name=value)" : "takes no value");
+            return OSSL_MEM_E_OPTIONS;
+        }
+        int bad = 0;
+        char *field = (char *)o + op->off;
+        switch (op->kind) {
+        case K_SIZE:
+            bad = parse_size(v, vlen, (size_t *)field);
+            break;
+        case K_BOOL:
+            *(bool *)field = !neg;
+            break;
+        case K_POLICY: {
+            enum om_policy *pol = (enum om_policy *)field;
+            if (vlen == 6 && memcmp(v, "report", 6) == 0)
+                *pol = OM_POLICY_REPORT;
+            else if (vlen == 5 && memcmp(v, "abort", 5) == 0)
+                *pol = OM_POLICY_ABORT;
+            else if (vlen == 6 && memcmp(v, "ignore", 6) == 0)
+                *pol = OM_POLICY_IGNORE;
+            else
+                bad = 1;
+            break;
+        }
+        case K_PATH:
+            if (vlen >= sizeof o->report)
+                bad = 1;
+            else if (vlen == 4 && memcmp(v, "none", 4) == 0)
+                field[0] = 0;
+            else {
+                memcpy(field, v, vlen);
+                field[vlen] = 0;
+            }
+            break;
+        case K_HELP:
+            ossl_mem_options_help(stderr);
+            break;
+        }
+        if (bad) {
+            snprintf(err, errlen, "bad value in option '%.*s' in %s", (int)wlen, w, origin);
+            return OSSL_MEM_E_OPTIONS;
+        }
+    }
+    return 0;
+}
+
+int ossl_mem_options_check(const char *options, char *err, size_t errlen)
+{
+    struct om_opts o;
+    om_opts_default(&o);
+    if (err && errlen)
+        err[0] = 0;
+    return om_opts_parse(&o, options, "options", err, errlen);
+}

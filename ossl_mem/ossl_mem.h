@@ -1,0 +1,157 @@
+/* ossl_mem.h - public API of ossl_mem, an OpenSSL 3.x memory provider for TLS servers. */
+#ifndef OSSL_MEM_H
+#define OSSL_MEM_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(__GNUC__)
+#define OSSL_MEM_API __attribute__((visibility("default")))
+#else
+#define OSSL_MEM_API
+#endif
+
+/*
+ * Error codes. Every function that returns int returns 0 (or a documented
+ * positive value) on success and one of these negative codes on failure;
+ * ossl_mem_strerror() turns a code into one line of text.
+ */
+#define OSSL_MEM_E_TOO_LATE   (-1) /* OpenSSL already allocated memory: call ossl_mem_init() first */
+#define OSSL_MEM_E_AGAIN      (-2) /* ossl_mem_init() was already called in this process */
+#define OSSL_MEM_E_OPTIONS    (-3) /* bad options string (the offending word is named on stderr) */
+#define OSSL_MEM_E_NOMEM      (-4) /* could not map memory for the pools */
+#define OSSL_MEM_E_HOOKED     (-5) /* another allocator is already installed in OpenSSL */
+#define OSSL_MEM_E_NOT_INIT   (-6) /* ossl_mem_init() has not been called */
+#define OSSL_MEM_E_INVAL      (-7) /* bad argument */
+#define OSSL_MEM_E_LIMIT      (-8) /* a fixed table is full (tags, tag stack depth) */
+#define OSSL_MEM_E_VERSION    (-9) /* struct ossl_mem_config has an unknown version */
+
+#define OSSL_MEM_CONFIG_VERSION 1
+
+/* Flags for ossl_mem_config.flags. */
+#define OSSL_MEM_CFG_IGNORE_ENV 0x1 /* do not read OSSL_MEM_OPTIONS from the environment */
+
+/*
+ * Configuration for ossl_mem_init(). Zero it, set <version>, and put the
+ * options in <options> using the same syntax as the OSSL_MEM_OPTIONS
+ * environment variable ("quarantine=1M,no-zero,on-error=abort").
+ * Options are applied in this order: built-in defaults, <options>, then
+ * OSSL_MEM_OPTIONS (unless OSSL_MEM_CFG_IGNORE_ENV), so an operator can
+ * turn debugging on for a deployed binary without rebuilding it.
+ */
+struct ossl_mem_config {
+    unsigned int version;   /* OSSL_MEM_CONFIG_VERSION */
+    unsigned int flags;     /* OSSL_MEM_CFG_* */
+    const char *options;    /* options string, may be NULL */
+};
+
+/*
+ * Installs ossl_mem as OpenSSL's allocator (CRYPTO_set_mem_functions).
+ * Call it once, before anything in the process touches OpenSSL. <cfg> may
+ * be NULL: defaults plus OSSL_MEM_OPTIONS. Returns 0, or OSSL_MEM_E_TOO_LATE
+ * when OpenSSL already allocated, OSSL_MEM_E_AGAIN on a second call,
+ * OSSL_MEM_E_OPTIONS for bad options, OSSL_MEM_E_HOOKED when another
+ * allocator is already installed, OSSL_MEM_E_NOMEM when the pools cannot be
+ * mapped. On failure nothing is installed and OpenSSL is left alone.
+ */
+OSSL_MEM_API int ossl_mem_init(const struct ossl_mem_config *cfg);
+
+/* One line of text for an OSSL_MEM_E_* code (never NULL). */
+OSSL_MEM_API const char *ossl_mem_strerror(int err);
+
+/*
+ * Validates an options string without installing anything. Returns 0 or
+ * OSSL_MEM_E_OPTIONS with a message naming the bad word in <err> (which may
+ * be NULL). Option words are listed by ossl_mem_options_help().
+ */
+OSSL_MEM_API int ossl_mem_options_check(const char *options, char *err, size_t errlen);
+
+/* Prints the table of options with their defaults and help text to <out>. */
+OSSL_MEM_API void ossl_mem_options_help(FILE *out);
+
+/*
+ * Pool tags. Allocations made by the calling thread are counted under the
+ * tag on top of its stack ("openssl" when the stack is empty). Tags are
+ * created on first use; at most OSSL_MEM_MAX_TAGS names (including the
+ * default) and a stack depth of OSSL_MEM_MAX_TAG_DEPTH per thread.
+ * ossl_mem_tag_push() returns 0, OSSL_MEM_E_LIMIT or OSSL_MEM_E_INVAL.
+ * A chunk keeps the tag it was allocated under for its whole life, also
+ * across realloc; free() never depends on the current tag.
+ */
+#define OSSL_MEM_MAX_TAGS      64
+#define OSSL_MEM_MAX_TAG_DEPTH 16
+#define OSSL_MEM_TAG_NAME_MAX  31
+OSSL_MEM_API int ossl_mem_tag_push(const char *tag);
+OSSL_MEM_API void ossl_mem_tag_pop(void);
+
+/*
+ * Process-wide statistics. Counters are exact once the threads that touch
+ * OpenSSL are quiescent; while they run, each figure is a consistent sum of
+ * per-thread counters read without stopping them. live_* count requested
+ * bytes; allocs/frees count chunks created and released (a moving realloc
+ * counts one of each), so live_chunks == allocs - frees.
+ */
+struct ossl_mem_stats {
+    uint64_t live_bytes;        /* requested bytes in live chunks */
+    uint64_t live_chunks;       /* live chunks */
+    uint64_t peak_bytes;        /* highest live_bytes seen (exact within 4 KiB per thread) */
+    uint64_t allocs;            /* chunks created (malloc, realloc(NULL), moving realloc) */
+    uint64_t frees;             /* chunks released (free, realloc(p,0), moving realloc) */
+    uint64_t reallocs;          /* realloc calls */
+    uint64_t failed_allocs;     /* allocations that returned NULL */
+    uint64_t double_frees;      /* frees (or reallocs) of a chunk already freed */
+    uint64_t invalid_frees;     /* frees of pointers ossl_mem never handed out */
+    uint64_t inherited_frees;   /* frees of shared chunks by a non-owner, refused */
+    uint64_t overflows;         /* canary damage found */
+    uint64_t uaf_writes;        /* writes to freed chunks found */
+    uint64_t corrupt_headers;   /* chunk headers that failed their check */
+    uint64_t shared_size;       /* bytes in the shared arena (0: no arena) */
+    uint64_t shared_used;       /* bytes of the arena in use */
+    uint64_t shared_live_chunks;/* live chunks in the arena */
+    uint64_t private_mapped;    /* bytes of private segments and large mappings */
+    uint64_t quarantine_bytes;  /* usable bytes of chunks held in quarantine */
+    uint64_t quarantine_chunks; /* chunks held in quarantine */
+    uint64_t large_chunks;      /* live chunks with their own mapping */
+    uint64_t hooks_replaced;    /* 1 if someone replaced our CRYPTO_set_mem_functions hooks */
+    uint64_t threads;           /* threads with a cache (alive) */
+};
+
+/* Fills <st>. Returns 0 or OSSL_MEM_E_NOT_INIT / OSSL_MEM_E_INVAL. */
+OSSL_MEM_API int ossl_mem_get_stats(struct ossl_mem_stats *st);
+
+/* Per-tag figures; returns 0, or OSSL_MEM_E_INVAL if the tag does not exist. */
+struct ossl_mem_tag_stats {
+    uint64_t live_bytes;        /* requested bytes live under this tag */
+    uint64_t live_chunks;       /* live chunks under this tag */
+    uint64_t allocs;            /* chunks created under this tag */
+};
+OSSL_MEM_API int ossl_mem_get_tag_stats(const char *tag, struct ossl_mem_tag_stats *st);
+
+/*
+ * Writes a report to <out>: totals, per-tag figures, the top OpenSSL
+ * allocation sites by live bytes (file:line, bytes, chunks) and the live
+ * chunks at the time of the call (at exit, after OpenSSL's cleanup, that is
+ * the leak list). <format> is OSSL_MEM_REPORT_TEXT or OSSL_MEM_REPORT_JSON.
+ * Returns 0 or a negative code.
+ */
+#define OSSL_MEM_REPORT_TEXT 1
+#define OSSL_MEM_REPORT_JSON 2
+OSSL_MEM_API int ossl_mem_report(FILE *out, int format);
+
+/*
+ * Walks every chunk ossl_mem owns (live, cached and quarantined) and checks
+ * headers, states and the hooks installed in OpenSSL. Returns the number of
+ * problems found, each reported on stderr, or a negative code. Exact when no
+ * other thread allocates during the walk.
+ */
+OSSL_MEM_API long ossl_mem_check(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* OSSL_MEM_H */

@@ -1,0 +1,294 @@
+/* pool.c - private tagged pools: size classes, segments, runs and the central free stores. */
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "om.h"
+
+struct om_class om_cls[OM_NCLS];
+uint8_t om_cls_small[65];
+uint8_t om_cls_mid[128];
+
+/*
+ * Usable sizes, tuned to OpenSSL's profile: a quarter of its requests are
+ * 4 bytes or less and half are 17-32 bytes, so the first classes are 16 and
+ * 32; then steps of 16 up to 128 and four classes per power of two.
+ */
+static const uint32_t class_sizes[OM_NCLS] = {
+    16,    32,    48,    64,    80,    96,    112,   128,
+    160,   192,   224,   256,   320,   384,   448,   512,
+    640,   768,   896,   1024,  1280,  1536,  1792,  2048,
+    2560,  3072,  3584,  4096,  5120,  6144,  7168,  8192,
+    10240, 12288, 14336, 16384, 20480, 24576, 28672, 32768,
+};
+
+/*
+ * Fills the class table and the size-to-class maps, and reserves the
+ * private region. The region is reserved PROT_NONE once, so a pointer is
+ * classified by one range check; segments are committed from its start.
+ * Returns 0 or OSSL_MEM_E_NOMEM.
+ */
+int om_pool_init(void)
+{
+    for (unsigned c = 0; c < OM_NCLS; c++) {
+        struct om_class *k = &om_cls[c];
+        k->size = class_sizes[c];
+        k->stride = k->size + (uint32_t)OM_HDR;
+        k->nslots = (uint32_t)((8ull * k->stride + OM_SLOT_SIZE - 1) / OM_SLOT_SIZE);
+        k->nchunks = (uint32_t)(k->nslots * OM_SLOT_SIZE / k->stride);
+        k->recip = ((1ull << 40) + k->stride - 1) / k->stride;
+        uint32_t cap = (uint32_t)(256 * 1024 / k->size);
+        k->tc_cap = cap > OM_TC_CAP ? OM_TC_CAP : cap < 4 ? 4 : cap;
+    }
+    unsigned c = 0;
+    for (unsigned i = 0; i <= 64; i++) {
+        while (class_sizes[c] < i * 16)
+            c++;
+        om_cls_small[i] = (uint8_t)c;
+    }
+    for (unsigned i = 4; i < 128; i++) {
+        size_t top = (size_t)(i + 1) << 8; /* largest size mapped to entry i */
+        c = 0;
+        while (class_sizes[c] < top)
+            c++;
+        om_cls_mid[i] = (uint8_t)c;
+    }
+    for (c = 0; c < OM_NCLS; c++) {
+        pthread_mutex_init(&om_g.central[c].lock, NULL);
+        om_g.central[c].free = NULL;
+        om_g.central[c].bump = om_g.central[c].bump_end = NULL;
+    }
+    pthread_mutex_init(&om_g.seg_lock, NULL);
+
+    /* Reserve address space; halve the request until the system agrees. */
+    size_t want = om_g.opt.reserve;
+    void *base = MAP_FAILED;
+    while (want >= 2 * OM_SEG_SIZE) {
+        base = mmap(NULL, want + OM_SEG_SIZE, PROT_NONE,
+                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (base != MAP_FAILED)
+            break;
+        want /= 2;
+    }
+    if (base == MAP_FAILED)
+        return OSSL_MEM_E_NOMEM;
+    uintptr_t b = ((uintptr_t)base + OM_SEG_SIZE - 1) & ~(uintptr_t)(OM_SEG_SIZE - 1);
+    om_g.region = (char *)b;
+    om_g.region_size = want;
+    atomic_store(&om_g.region_used, 0);
+    return 0;
+}
+
+/*
+ * Commits the next segment of the region. Caller holds seg_lock. Returns
+ * the segment or NULL (errno ENOMEM) when the region or the system is out
+ * of memory. The segment header is written before region_used publishes it,
+ * so a concurrent om_pool_find() never reads an uncommitted page.
+ */
+static struct om_seg *seg_new(void)
+{
+    size_t used = atomic_load_explicit(&om_g.region_used, memory_order_relaxed);
+    if (used + OM_SEG_SIZE > om_g.region_size) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    char *p = om_g.region + used;
+    int saved = errno;
+    if (mmap(p, OM_SEG_SIZE, PROT_READ | PROT_WRITE,
+             MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0) == MAP_FAILED) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    errno = saved;
+    struct om_seg *s = (struct om_seg *)p;
+    memset(s->slot_cls, OM_SLOT_NONE, sizeof s->slot_cls);
+    memset(s->slot_first, 0, sizeof s->slot_first);
+    s->next_slot = 1;
+    atomic_store_explicit(&om_g.region_used, used + OM_SEG_SIZE, memory_order_release);
+    om_g.cur_seg = s;
+    return s;
+}
+
+/*
+ * Gives class <cls> a new run and points its bump range at it. Caller holds
+ * the class's central lock (lock order: central, then seg_lock). Returns 0
+ * or -1 with errno ENOMEM.
+ */
+static int run_new(unsigned cls)
+{
+    const struct om_class *k = &om_cls[cls];
+    int rc = 0;
+    pthread_mutex_lock(&om_g.seg_lock);
+    struct om_seg *s = om_g.cur_seg;
+    if (!s || s->next_slot + k->nslots > OM_NSLOTS) {
+        s = seg_new();
+        if (!s) {
+            rc = -1;
+            goto out;
+        }
+    }
+    unsigned first = s->next_slot;
+    for (unsigned i = 0; i < k->nslots; i++) {
+        s->slot_first[first + i] = (uint8_t)first;
+        s->slot_cls[first + i] = (uint8_t)cls;
+    }
+    s->next_slot = first + k->nslots;
+    char *run = (char *)s + ((size_t)first << OM_SLOT_SHIFT);
+    om_g.central[cls].bump = run;
+    om_g.central[cls].bump_end = run + (size_t)k->nchunks * k->stride;
+out:
+    pthread_mutex_unlock(&om_g.seg_lock);
+    return rc;
+}
+
+/*
+ * Moves up to half a cache of class <cls> from the central store into the
+ * empty thread cache <tc>. Leaves tc->n[cls] == 0 only when memory is
+ * exhausted (errno ENOMEM).
+ */
+void om_tc_refill(struct om_tc *tc, unsigned cls)
+{
+    struct om_central *ce = &om_g.central[cls];
+    unsigned want = om_cls[cls].tc_cap / 2, got = 0;
+    uint32_t stride = om_cls[cls].stride;
+
+    pthread_mutex_lock(&ce->lock);
+    while (got < want && ce->free) {
+        struct om_chunk *h = ce->free;
+        struct om_chunk **link = om_user(h);
+        ce->free = *link;
+        *link = NULL; /* keep freed chunks all zero when zeroing is on */
+        ce->nfree--;
+        tc->slot[cls][got++] = h;
+    }
+    while (got < want) {
+        if (ce->bump == ce->bump_end && run_new(cls) != 0)
+            break;
+        while (got < want && ce->bump < ce->bump_end) {
+            tc->slot[cls][got++] = (struct om_chunk *)ce->bump;
+            ce->bump += stride;
+        }
+    }
+    pthread_mutex_unlock(&ce->lock);
+    tc->n[cls] = got;
+}
+
+/* Puts <n> free chunks <v> of class <cls> into the central store. */
+void om_central_put(unsigned cls, struct om_chunk **v, unsigned n)
+{
+    if (n == 0)
+        return;
+    for (unsigned i = 0; i + 1 < n; i++)
+        *(struct om_chunk **)om_user(v[i]) = v[i + 1];
+    struct om_central *ce = &om_g.central[cls];
+    pthread_mutex_lock(&ce->lock);
+    *(struct om_chunk **)om_user(v[n - 1]) = ce->free;
+    ce->free = v[0];
+    ce->nfree += n;
+    pthread_mutex_unlock(&ce->lock);
+}
+
+/* Returns a freed chunk to the thread cache, spilling half of a full cache. */
+void om_pool_release(struct om_tc *tc, struct om_chunk *h)
+{
+    unsigned cls = h->cls;
+    if (OM_UNLIKELY(tc->n[cls] >= om_cls[cls].tc_cap))
+        om_tc_flush_class(tc, cls, om_cls[cls].tc_cap / 2);
+    tc->slot[cls][tc->n[cls]++] = h;
+}
+
+/*
+ * Allocates <size> <= OM_SMALL_MAX bytes for site <site> under <tag>.
+ * Returns the user pointer or NULL with errno ENOMEM.
+ */
+void *om_pool_alloc(struct om_tc *tc, size_t size, uint16_t site, uint8_t tag)
+{
+    unsigned cls = om_size_class(size);
+    if (OM_UNLIKELY(tc->n[cls] == 0)) {
+        om_tc_refill(tc, cls);
+        if (tc->n[cls] == 0)
+            return NULL;
+    }
+    struct om_chunk *h = tc->slot[cls][--tc->n[cls]];
+    om_hdr_store(h, (uint32_t)size, site, 0, om_g.owner, (uint8_t)cls, tag, OM_ST_LIVE, 0);
+    return om_user(h);
+}
+
+/*
+ * Finds the chunk whose user pointer is <p> in the private region without
+ * touching memory outside committed segments. Returns the header, or NULL
+ * with a reason in *why when <p> is in the region but not a chunk start.
+ * Returns NULL with *why == NULL when <p> is outside the region.
+ */
+struct om_chunk *om_pool_find(const void *p, const char **why)
+{
+    uintptr_t a = (uintptr_t)p, base = (uintptr_t)om_g.region;
+    size_t used = atomic_load_explicit(&om_g.region_used, memory_order_acquire);
+    *why = NULL;
+    if (a - base >= used)
+        return NULL;
+    struct om_seg *s = (struct om_seg *)(a & ~(uintptr_t)(OM_SEG_SIZE - 1));
+    unsigned slot = (unsigned)((a - (uintptr_t)s) >> OM_SLOT_SHIFT);
+    unsigned cls = s->slot_cls[slot];
+    if (slot == 0 || cls >= OM_NCLS) {
+        *why = "points into ossl_mem's metadata or unused space, not a chunk";
+        return NULL;
+    }
+    const struct om_class *k = &om_cls[cls];
+    uintptr_t off = a - ((uintptr_t)s + ((uintptr_t)s->slot_first[slot] << OM_SLOT_SHIFT));
+    uint64_t idx = ((uint64_t)off * k->recip) >> 40;
+    if (off - idx * k->stride != OM_HDR || idx >= k->nchunks) {
+        *why = "interior pointer: not the start of a chunk";
+        return NULL;
+    }
+    return om_hdr(p);
+}
+
+/* Bytes of committed private segments. */
+size_t om_pool_mapped(void)
+{
+    return atomic_load(&om_g.region_used);
+}
+
+/*
+ * Calls <fn> for every chunk that was ever carved (live, cached, freed or
+ * quarantined), with its usable size. Chunks never handed out have a zero
+ * header and are skipped by the callers through their state byte.
+ */
+void om_pool_walk(om_chunk_fn fn, void *arg)
+{
+    size_t used = atomic_load_explicit(&om_g.region_used, memory_order_acquire);
+    for (size_t off = 0; off < used; off += OM_SEG_SIZE) {
+        struct om_seg *s = (struct om_seg *)(om_g.region + off);
+        for (unsigned slot = 1; slot < OM_NSLOTS; slot++) {
+            unsigned cls = s->slot_cls[slot];
+            if (cls >= OM_NCLS || s->slot_first[slot] != slot)
+                continue;
+            const struct om_class *k = &om_cls[cls];
+            char *run = (char *)s + ((size_t)slot << OM_SLOT_SHIFT);
+            for (uint32_t i = 0; i < k->nchunks; i++)
+                fn((struct om_chunk *)(run + (size_t)i * k->stride), k->size, arg);
+        }
+    }
+}
+
+/* Fork handlers: no central or segment lock may be held by another thread across fork. */
+void om_pool_fork_prepare(void)
+{
+    for (unsigned c = 0; c < OM_NCLS; c++)
+        pthread_mutex_lock(&om_g.central[c].lock);
+    pthread_mutex_lock(&om_g.seg_lock);
+}
+
+void om_pool_fork_parent(void)
+{
+    pthread_mutex_unlock(&om_g.seg_lock);
+    for (unsigned c = 0; c < OM_NCLS; c++)
+        pthread_mutex_unlock(&om_g.central[c].lock);
+}
+
+void om_pool_fork_child(void)
+{
+    pthread_mutex_init(&om_g.seg_lock, NULL);
+    for (unsigned c = 0; c < OM_NCLS; c++)
+        pthread_mutex_init(&om_g.central[c].lock, NULL);
+}

@@ -1,0 +1,203 @@
+/* report.c - ossl_mem_report(): totals, tags, top OpenSSL allocation sites and live chunks, as text or JSON. */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "om.h"
+
+#define TOP_SITES   25  /* sites listed */
+#define MAX_CHUNKS  200 /* live chunks listed */
+
+/* Every field of struct ossl_mem_stats, in report order. */
+#define STATS_FIELDS(X) \
+    X(live_bytes) X(live_chunks) X(peak_bytes) X(allocs) X(frees) X(reallocs) \
+    X(failed_allocs) X(double_frees) X(invalid_frees) X(inherited_frees) X(overflows) \
+    X(uaf_writes) X(corrupt_headers) X(shared_size) X(shared_used) X(shared_live_chunks) \
+    X(private_mapped) X(quarantine_bytes) X(quarantine_chunks) X(large_chunks) \
+    X(hooks_replaced) X(threads)
+
+struct live_ent {
+    uintptr_t ptr;      /* user pointer */
+    uint32_t size;      /* requested bytes */
+    uint16_t site;      /* allocation site */
+    uint8_t tag;        /* pool tag */
+};
+
+/* Scratch space of one report, mapped for its duration (never from OpenSSL's pools). */
+struct agg {
+    uint64_t bytes[OM_NSITES];          /* live bytes per site */
+    uint32_t count[OM_NSITES];          /* live chunks per site */
+    uint16_t order[OM_NSITES];          /* sites with live chunks, sorted */
+    uint32_t nsites;                    /* entries in <order> */
+    uint64_t nlive;                     /* live chunks seen by the walk */
+    struct live_ent shown[MAX_CHUNKS];  /* the first live chunks */
+};
+
+static void collect(struct om_chunk *h, size_t usable, void *arg)
+{
+    (void)usable;
+    struct agg *a = arg;
+    uint64_t w0, w1;
+    om_hdr_load(h, &w0, &w1);
+    if ((uint8_t)(w1 >> 32) != OM_ST_LIVE || !om_hdr_valid(h, w0, w1))
+        return;
+    uint16_t site = (uint16_t)(w0 >> 32);
+    a->bytes[site] += (uint32_t)w0;
+    a->count[site]++;
+    if (a->nlive < MAX_CHUNKS)
+        a->shown[a->nlive] = (struct live_ent){(uintptr_t)(h + 1), (uint32_t)w0, site,
+                                               (uint8_t)(w1 >> 24)};
+    a->nlive++;
+}
+
+static int by_bytes(const void *x, const void *y, void *arg)
+{
+    const struct agg *a = arg;
+    uint64_t bx = a->bytes[*(const uint16_t *)x], by = a->bytes[*(const uint16_t *)y];
+    return bx < by ? 1 : bx > by ? -1 : 0;
+}
+
+/* Writes <s> as a JSON string. */
+static void json_str(FILE *out, const char *s)
+{
+    fputc('"', out);
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\')
+            fprintf(out, "\\%c", c);
+        else if (c < 0x20)
+            fprintf(out, "\\u%04x", c);
+        else
+            fputc(c, out);
+    }
+    fputc('"', out);
+}
+
+/* Human-readable bytes into <buf>. */
+static const char *human(uint64_t n, char *buf, size_t len)
+{
+    if (n < 10 * 1024)
+        snprintf(buf, len, "%" PRIu64 " B", n);
+    else if (n < 10 * 1024 * 1024)
+        snprintf(buf, len, "%.1f KiB", n / 1024.0);
+    else
+        snprintf(buf, len, "%.1f MiB", n / (1024.0 * 1024.0));
+    return buf;
+}
+
+static void report_text(FILE *out, const struct ossl_mem_stats *st, struct agg *a)
+{
+    char b1[32], b2[32], site[256];
+    fprintf(out, "ossl_mem report (pid %ld)\n", (long)getpid());
+    fprintf(out, "  live      %s in %" PRIu64 " chunks, peak %s\n",
+            human(st->live_bytes, b1, sizeof b1), st->live_chunks,
+            human(st->peak_bytes, b2, sizeof b2));
+    fprintf(out, "  calls     %" PRIu64 " allocs, %" PRIu64 " frees, %" PRIu64 " reallocs, %"
+            PRIu64 " failed\n", st->allocs, st->frees, st->reallocs, st->failed_allocs);
+    fprintf(out, "  safety    %" PRIu64 " double frees, %" PRIu64 " invalid frees, %" PRIu64
+            " inherited frees, %" PRIu64 " overflows, %" PRIu64 " writes after free, %" PRIu64
+            " corrupt headers\n", st->double_frees, st->invalid_frees, st->inherited_frees,
+            st->overflows, st->uaf_writes, st->corrupt_headers);
+    fprintf(out, "  memory    %s mapped privately, quarantine %s in %" PRIu64 " chunks, %"
+            PRIu64 " large chunks, %" PRIu64 " threads\n",
+            human(st->private_mapped, b1, sizeof b1), human(st->quarantine_bytes, b2, sizeof b2),
+            st->quarantine_chunks, st->large_chunks, st->threads);
+    fprintf(out, "  hooks     %s\n", st->hooks_replaced ? "REPLACED by another allocator"
+                                                        : "installed in OpenSSL");
+    fprintf(out, "tags:\n");
+    unsigned nt = atomic_load(&om_g.ntags);
+    for (unsigned t = 0; t < nt; t++) {
+        struct ossl_mem_tag_stats ts;
+        if (ossl_mem_get_tag_stats(om_g.tag_names[t], &ts) == 0)
+            fprintf(out, "  %-20s %10s live in %" PRIu64 " chunks, %" PRIu64 " allocs\n",
+                    om_g.tag_names[t], human(ts.live_bytes, b1, sizeof b1), ts.live_chunks,
+                    ts.allocs);
+    }
+    fprintf(out, "top allocation sites by live bytes:\n");
+    for (uint32_t i = 0; i < a->nsites && i < TOP_SITES; i++) {
+        uint16_t s = a->order[i];
+        fprintf(out, "  %-44s %10s in %u chunks\n", om_site_str(s, site, sizeof site),
+                human(a->bytes[s], b1, sizeof b1), a->count[s]);
+    }
+    if (a->nsites == 0)
+        fprintf(out, "  (none)\n");
+    fprintf(out, "live chunks: %" PRIu64 "%s\n", a->nlive,
+            a->nlive > MAX_CHUNKS ? " (first 200 listed)" : "");
+    for (uint64_t i = 0; i < a->nlive && i < MAX_CHUNKS; i++) {
+        const struct live_ent *e = &a->shown[i];
+        fprintf(out, "  %#14" PRIxPTR " %8u bytes  %-12s %s\n", e->ptr, e->size,
+                om_g.tag_names[e->tag < OSSL_MEM_MAX_TAGS ? e->tag : 0],
+                om_site_str(e->site, site, sizeof site));
+    }
+}
+
+static void report_json(FILE *out, const struct ossl_mem_stats *st, struct agg *a)
+{
+    char site[256];
+    fprintf(out, "{\n  \"pid\": %ld,\n  \"totals\": {", (long)getpid());
+    const char *sep = "";
+#define X(f) fprintf(out, "%s\n    \"" #f "\": %" PRIu64, sep, st->f), sep = ",";
+    STATS_FIELDS(X)
+#undef X
+    fprintf(out, "\n  },\n  \"tags\": [");
+    unsigned nt = atomic_load(&om_g.ntags);
+    for (unsigned t = 0; t < nt; t++) {
+        struct ossl_mem_tag_stats ts = {0};
+        ossl_mem_get_tag_stats(om_g.tag_names[t], &ts);
+        fprintf(out, "%s\n    {\"name\": ", t ? "," : "");
+        json_str(out, om_g.tag_names[t]);
+        fprintf(out, ", \"live_bytes\": %" PRIu64 ", \"live_chunks\": %" PRIu64
+                ", \"allocs\": %" PRIu64 "}", ts.live_bytes, ts.live_chunks, ts.allocs);
+    }
+    fprintf(out, "\n  ],\n  \"top_sites\": [");
+    for (uint32_t i = 0; i < a->nsites && i < TOP_SITES; i++) {
+        uint16_t s = a->order[i];
+        fprintf(out, "%s\n    {\"site\": ", i ? "," : "");
+        json_str(out, om_site_str(s, site, sizeof site));
+        fprintf(out, ", \"live_bytes\": %" PRIu64 ", \"chunks\": %u}", a->bytes[s], a->count[s]);
+    }
+    fprintf(out, "\n  ],\n  \"live_chunks\": {\"count\": %" PRIu64 ", \"listed\": [", a->nlive);
+    for (uint64_t i = 0; i < a->nlive && i < MAX_CHUNKS; i++) {
+        const struct live_ent *e = &a->shown[i];
+        fprintf(out, "%s\n    {\"ptr\": \"%#" PRIxPTR "\", \"size\": %u, \"tag\": ",
+                i ? "," : "", e->ptr, e->size);
+        json_str(out, om_g.tag_names[e->tag < OSSL_MEM_MAX_TAGS ? e->tag : 0]);
+        fprintf(out, ", \"site\": ");
+        json_str(out, om_site_str(e->site, site, sizeof site));
+        fputc('}', out);
+    }
+    fprintf(out, "\n  ]}\n}\n");
+}
+
+int ossl_mem_report(FILE *out, int format)
+{
+    if (!out || (format != OSSL_MEM_REPORT_TEXT && format != OSSL_MEM_REPORT_JSON))
+        return OSSL_MEM_E_INVAL;
+    struct ossl_mem_stats st;
+    int rc = ossl_mem_get_stats(&st);
+    if (rc)
+        return rc;
+    int saved = errno;
+    struct agg *a = mmap(NULL, sizeof *a, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+                         -1, 0);
+    if (a == MAP_FAILED) {
+        errno = saved;
+        return OSSL_MEM_E_NOMEM;
+    }
+    om_pool_walk(collect, a);
+    om_large_walk(collect, a);
+    for (uint32_t s = 0; s < OM_NSITES; s++)
+        if (a->count[s])
+            a->order[a->nsites++] = (uint16_t)s;
+    qsort_r(a->order, a->nsites, sizeof a->order[0], by_bytes, a);
+    if (format == OSSL_MEM_REPORT_TEXT)
+        report_text(out, &st, a);
+    else
+        report_json(out, &st, a);
+    fflush(out);
+    munmap(a, sizeof *a);
+    errno = saved;
+    return 0;
+}

@@ -1,0 +1,203 @@
+/* router.c - OpenSSL's three memory callbacks: place each request (R1-R4) and check every free (O3). */
+#include "om.h"
+
+/*
+ * Where a pointer handed to free or realloc lives. Found from the address
+ * alone (R4), never from the caller's scope.
+ */
+enum where { W_NOT_OURS, W_BAD, W_SMALL, W_LARGE, W_LARGE_FREED };
+
+struct found {
+    struct om_chunk *h;     /* header (W_SMALL, W_LARGE, W_LARGE_FREED) */
+    size_t size;            /* requested bytes of a live chunk */
+    size_t cap;             /* usable bytes of a live chunk */
+    const char *why;        /* reason for W_BAD / W_NOT_OURS */
+};
+
+/*
+ * Classifies <p> and, for a chunk in our pools, validates its header: a
+ * header that fails its check is reported as corrupt (W_BAD). A chunk whose
+ * header checks is returned whatever its state; the caller decides.
+ */
+static enum where locate(const void *p, struct found *f, const char *file, int line)
+{
+    const char *why;
+    struct om_chunk *h = om_pool_find(p, &why);
+    if (OM_LIKELY(h != NULL)) {
+        uint64_t w0, w1;
+        om_hdr_load(h, &w0, &w1);
+        if (OM_UNLIKELY(!om_hdr_valid(h, w0, w1) || h->cls != om_run_class(h))) {
+            if (h->state == 0 && w0 == 0 && (w1 << 16) == 0)
+                f->why = "never handed out (inside ossl_mem's pools)";
+            else {
+                om_fault(OM_F_CORRUPT, p, NULL, file, line,
+                         "header overwritten (buffer underflow or stray write)");
+                f->why = NULL;
+            }
+            return W_BAD;
+        }
+        f->h = h;
+        f->size = h->size;
+        f->cap = om_cls[h->cls].size;
+        return W_SMALL;
+    }
+    if (why) {
+        f->why = why;
+        return W_BAD;
+    }
+    int rc = om_large_find(p, &f->h, &f->size, &f->cap);
+    if (rc == 1) {
+        uint64_t w0, w1;
+        om_hdr_load(f->h, &w0, &w1);
+        if (OM_UNLIKELY(!om_hdr_valid(f->h, w0, w1))) {
+            om_fault(OM_F_CORRUPT, p, NULL, file, line, "header of a large chunk overwritten");
+            f->why = NULL;
+            return W_BAD;
+        }
+        return W_LARGE;
+    }
+    if (rc == 2)
+        return W_LARGE_FREED;
+    f->why = "not allocated by ossl_mem (libc malloc, stack, static or wild pointer)";
+    return W_NOT_OURS;
+}
+
+/* Reports a free or realloc of something that is not a live chunk. */
+static OM_COLD void bad_pointer(enum where w, const struct found *f, void *p, const char *file,
+                                int line, bool is_realloc)
+{
+    if (w == W_SMALL || w == W_LARGE_FREED)
+        om_fault(is_realloc ? OM_F_DOUBLE_REALLOC : OM_F_DOUBLE_FREE, p, f->h, file, line, NULL);
+    else if (f->why)
+        om_fault(is_realloc ? OM_F_INVALID_REALLOC : OM_F_INVALID_FREE, p, NULL, file, line,
+                 f->why);
+}
+
+/* Allocates for the caller's thread; NULL with errno ENOMEM on failure. */
+static void *alloc_in(struct om_tc *tc, size_t n, uint16_t site, uint8_t tag)
+{
+    void *p;
+    if (OM_LIKELY(n <= OM_SMALL_MAX))
+        p = om_pool_alloc(tc, n, site, tag);
+    else if (n <= OM_MAX_REQUEST)
+        p = om_large_alloc(tc, n, site, tag);
+    else
+        p = NULL;
+    if (OM_UNLIKELY(!p)) {
+        OM_CTR_ADD(tc->st.failed, 1);
+        errno = ENOMEM;
+        return NULL;
+    }
+    OM_CTR_ADD(tc->st.tag_allocs[tag], 1);
+    OM_CTR_ADD(tc->st.tag_chunks[tag], 1);
+    OM_CTR_ADD(tc->st.tag_bytes[tag], (int64_t)n);
+    om_stat_live(tc, (int64_t)n);
+    return p;
+}
+
+/*
+ * Releases live chunk <h> (already validated) freed at <fsite>: wiped over
+ * its whole usable size when zeroing is on, marked, and put in quarantine
+ * (or straight back into the cache with a zero quarantine).
+ */
+static void release(struct om_tc *tc, struct om_chunk *h, size_t size, uint16_t fsite,
+                    bool large)
+{
+    uint8_t tag = h->tag;
+    OM_CTR_ADD(tc->st.frees, 1);
+    OM_CTR_ADD(tc->st.tag_chunks[tag], -1);
+    OM_CTR_ADD(tc->st.tag_bytes[tag], -(int64_t)size);
+    om_stat_live(tc, -(int64_t)size);
+    if (large) {
+        om_large_free(tc, h, fsite);
+        return;
+    }
+    unsigned cls = h->cls;
+    if (om_g.opt.zero)
+        memset(om_user(h), 0, om_cls[cls].size);
+    h->fsite = fsite;
+    if (om_g.opt.quarantine) {
+        h->state = OM_ST_QUAR;
+        om_hdr_seal(h);
+        om_quar_push(tc, h);
+    } else {
+        h->state = OM_ST_FREED;
+        om_hdr_seal(h);
+        om_pool_release(tc, h);
+    }
+}
+
+void *om_malloc_cb(size_t n, const char *file, int line)
+{
+    struct om_tc *tc = om_tc_enter();
+    void *p = alloc_in(tc, n, om_site_id(file, line), tc->tag);
+    om_tc_leave(tc);
+    return p;
+}
+
+void om_free_cb(void *p, const char *file, int line)
+{
+    if (!p)
+        return;
+    struct found f;
+    enum where w = locate(p, &f, file, line);
+    if (OM_UNLIKELY(w != W_SMALL && w != W_LARGE) || OM_UNLIKELY(f.h->state != OM_ST_LIVE)) {
+        bad_pointer(w, &f, p, file, line, false);
+        return;
+    }
+    struct om_tc *tc = om_tc_enter();
+    release(tc, f.h, f.size, om_site_id(file, line), w == W_LARGE);
+    om_tc_leave(tc);
+}
+
+/*
+ * realloc with OpenSSL's semantics: realloc(NULL, n) allocates, realloc(p,
+ * 0) frees and returns NULL. A chunk stays in place when the new size fits
+ * its usable size and is more than half of it; otherwise it moves within
+ * its pool (R3), keeps its tag, and the old block is wiped like any free.
+ * A pointer that is not a live chunk is reported and NULL is returned, so
+ * the caller keeps (and does not lose) what it had.
+ */
+void *om_realloc_cb(void *p, size_t n, const char *file, int line)
+{
+    if (!p)
+        return om_malloc_cb(n, file, line);
+    if (n == 0) {
+        struct om_tc *tc = om_tc_enter();
+        OM_CTR_ADD(tc->st.reallocs, 1);
+        om_tc_leave(tc);
+        om_free_cb(p, file, line);
+        return NULL;
+    }
+    struct found f;
+    enum where w = locate(p, &f, file, line);
+    if (OM_UNLIKELY(w != W_SMALL && w != W_LARGE) || OM_UNLIKELY(f.h->state != OM_ST_LIVE)) {
+        bad_pointer(w, &f, p, file, line, true);
+        errno = ENOMEM;
+        return NULL;
+    }
+    struct om_tc *tc = om_tc_enter();
+    uint16_t site = om_site_id(file, line);
+    struct om_chunk *h = f.h;
+    void *q = p;
+    OM_CTR_ADD(tc->st.reallocs, 1);
+    if (n <= f.cap && (n > f.cap / 2 || (w == W_SMALL && h->cls == 0))) {
+        int64_t d = (int64_t)n - (int64_t)f.size;
+        OM_CTR_ADD(tc->st.tag_bytes[h->tag], d);
+        om_stat_live(tc, d);
+        h->size = n >= UINT32_MAX ? UINT32_MAX : (uint32_t)n;
+        h->asite = site;
+        om_hdr_seal(h);
+        if (w == W_LARGE)
+            om_large_resize(h, n);
+        goto out;
+    }
+    q = alloc_in(tc, n, site, h->tag);
+    if (!q)
+        goto out;
+    memcpy(q, p, n < f.size ? n : f.size);
+    release(tc, h, f.size, site, w == W_LARGE);
+out:
+    om_tc_leave(tc);
+    return q;
+}

@@ -1,0 +1,97 @@
+/* site.c - OpenSSL allocation sites (file:line -> 16-bit id) and pool tag names. */
+#include <sys/mman.h>
+
+#include "om.h"
+
+/*
+ * Site keys pack OpenSSL's file pointer (47 bits of user address space) and
+ * its line (17 bits). The table is open-addressed and filled lock-free with
+ * compare-and-swap, and it is mapped MAP_SHARED so that ids given out
+ * before a fork mean the same site in every process of the family.
+ */
+#define SITE_LINE_SHIFT 47
+#define SITE_LINE_MAX   ((1 << (64 - SITE_LINE_SHIFT)) - 1)
+
+static const char nofile[] = ""; /* stands for a NULL file with a non-zero line */
+
+int om_site_init(void)
+{
+    int saved = errno;
+    void *m = mmap(NULL, OM_NSITES * sizeof(uint64_t), PROT_READ | PROT_WRITE,
+                   MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    errno = saved;
+    if (m == MAP_FAILED)
+        return OSSL_MEM_E_NOMEM;
+    om_g.sites = m;
+    pthread_mutex_init(&om_g.tags_lock, NULL);
+    strcpy(om_g.tag_names[0], "openssl");
+    atomic_store(&om_g.ntags, 1);
+    return 0;
+}
+
+/* The id of site <file>:<line>, registering it on first use; never fails. */
+uint16_t om_site_id(const char *file, int line)
+{
+    if (!file) {
+        if (line == 0)
+            return OM_SITE_NONE;
+        file = nofile;
+    }
+    uintptr_t f = (uintptr_t)file;
+    if (OM_UNLIKELY(f >> SITE_LINE_SHIFT || line < 0 || line > SITE_LINE_MAX))
+        return OM_SITE_OTHER;
+    uint64_t key = (uint64_t)f | (uint64_t)line << SITE_LINE_SHIFT;
+    uint32_t i = (uint32_t)((key * 0x9E3779B97F4A7C15ull) >> 48);
+    for (unsigned probes = 0; probes < OM_NSITES; probes++, i = (i + 1) & (OM_NSITES - 1)) {
+        if (i < 2)
+            continue; /* ids 0 and 1 are reserved */
+        uint64_t k = atomic_load_explicit(&om_g.sites[i], memory_order_relaxed);
+        if (k == key)
+            return (uint16_t)i;
+        if (k == 0) {
+            uint64_t expect = 0;
+            if (atomic_compare_exchange_strong(&om_g.sites[i], &expect, key) || expect == key)
+                return (uint16_t)i;
+        }
+    }
+    return OM_SITE_OTHER;
+}
+
+/* Decodes site <id>. Returns false for the reserved ids and empty slots. */
+bool om_site_get(uint16_t id, const char **file, int *line)
+{
+    if (id < 2 || !om_g.sites)
+        return false;
+    uint64_t k = atomic_load_explicit(&om_g.sites[id], memory_order_relaxed);
+    if (k == 0)
+        return false;
+    *file = (const char *)(uintptr_t)(k & ((1ull << SITE_LINE_SHIFT) - 1));
+    *line = (int)(k >> SITE_LINE_SHIFT);
+    return true;
+}
+
+/*
+ * Returns the index of tag <name>, creating it if needed, or a negative
+ * OSSL_MEM_E_* code (bad name, table full).
+ */
+int om_tag_id(const char *name)
+{
+    if (!name || !*name || strlen(name) > OSSL_MEM_TAG_NAME_MAX)
+        return OSSL_MEM_E_INVAL;
+    int id = OSSL_MEM_E_LIMIT;
+    pthread_mutex_lock(&om_g.tags_lock);
+    unsigned n = atomic_load(&om_g.ntags);
+    for (unsigned t = 0; t < n; t++)
+        if (strcmp(om_g.tag_names[t], name) == 0) {
+            id = (int)t;
+            goto out;
+        }
+    if (n < OSSL_MEM_MAX_TAGS) {
+        strcpy(om_g.tag_names[n], name);
+        atomic_store(&om_g.ntags, n + 1);
+        id = (int)n;
+    }
+out:
+    pthread_mutex_unlock(&om_g.tags_lock);
+    return id;
+}

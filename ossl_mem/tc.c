@@ -1,0 +1,243 @@
+/* tc.c - per-thread caches, the quarantine, thread exit and the fork handlers for them. */
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "om.h"
+
+__thread struct om_tc *om_tls_tc __attribute__((tls_model("initial-exec")));
+
+#define OM_QUAR_ENTRIES 16384u /* ring slots per thread: bounds the chunk count too */
+
+static void tc_destroy(void *arg);
+
+/* Maps a zeroed cache and links it into the thread list. NULL when out of memory. */
+static struct om_tc *tc_new(bool orphan)
+{
+    int saved = errno;
+    void *m = mmap(NULL, sizeof(struct om_tc), PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    errno = saved;
+    if (m == MAP_FAILED)
+        return NULL;
+    struct om_tc *tc = m;
+    tc->orphan = orphan;
+    tc->thread = pthread_self();
+    pthread_mutex_lock(&om_g.threads_lock);
+    tc->next = om_g.threads;
+    if (om_g.threads)
+        om_g.threads->prev = tc;
+    om_g.threads = tc;
+    pthread_mutex_unlock(&om_g.threads_lock);
+    return tc;
+}
+
+int om_tc_init(void)
+{
+    pthread_mutex_init(&om_g.threads_lock, NULL);
+    pthread_mutex_init(&om_g.orphan_lock, NULL);
+    if (pthread_key_create(&om_g.key, tc_destroy) != 0)
+        return OSSL_MEM_E_NOMEM;
+    om_g.orphan = tc_new(true);
+    return om_g.orphan ? 0 : OSSL_MEM_E_NOMEM;
+}
+
+/*
+ * Slow path of om_tc_enter(): makes the calling thread's cache, or, for a
+ * thread whose cache was already returned by its destructor (OpenSSL frees
+ * memory from its own thread-exit handlers after ours ran) or when no cache
+ * can be mapped, locks and returns the shared orphan cache.
+ */
+struct om_tc *om_tc_enter_slow(void)
+{
+    if (om_tls_tc != OM_TC_DEAD) {
+        struct om_tc *tc = tc_new(false);
+        if (tc) {
+            om_tls_tc = tc;
+            pthread_setspecific(om_g.key, tc);
+            return tc;
+        }
+    }
+    pthread_mutex_lock(&om_g.orphan_lock);
+    return om_g.orphan;
+}
+
+/* Moves cached chunks of class <cls> beyond the first <keep> to the central store. */
+void om_tc_flush_class(struct om_tc *tc, unsigned cls, unsigned keep)
+{
+    unsigned n = tc->n[cls];
+    if (n <= keep)
+        return;
+    om_central_put(cls, &tc->slot[cls][keep], n - keep);
+    tc->n[cls] = keep;
+}
+
+/* Adds the thread's pending live-byte delta to the global figure and updates the peak. */
+void om_stat_flush(struct om_tc *tc)
+{
+    int64_t live = atomic_fetch_add(&om_g.live, tc->st.pending) + tc->st.pending;
+    tc->st.pending = 0;
+    int64_t peak = atomic_load(&om_g.peak);
+    while (live > peak && !atomic_compare_exchange_weak(&om_g.peak, &peak, live))
+        ;
+}
+
+/*
+ * Takes the oldest chunk out of the quarantine and makes it reusable. A
+ * header that no longer checks was written after the free: the chunk is
+ * reported and kept out of circulation rather than trusted.
+ */
+static void quar_evict(struct om_tc *tc)
+{
+    struct om_quar *q = &tc->quar;
+    struct om_chunk *h = q->ring[q->head++ & q->mask];
+    uint64_t w0, w1;
+    om_hdr_load(h, &w0, &w1);
+    unsigned cls = om_run_class(h);
+    q->bytes -= om_cls[cls].size;
+    if (OM_UNLIKELY(!om_hdr_valid(h, w0, w1) || h->state != OM_ST_QUAR || h->cls != cls)) {
+        om_fault(OM_F_UAF_WRITE, om_user(h), NULL, NULL, 0,
+                 "header of a quarantined chunk was overwritten after free; chunk withdrawn");
+        return;
+    }
+    h->state = OM_ST_FREED;
+    om_hdr_seal(h);
+    om_pool_release(tc, h);
+}
+
+/*
+ * Puts freed chunk <h> (state OM_ST_QUAR, already wiped) into the thread's
+ * quarantine and releases the oldest chunks beyond the byte budget. With a
+ * zero budget, or when the ring cannot be mapped, the chunk is released at
+ * once.
+ */
+void om_quar_push(struct om_tc *tc, struct om_chunk *h)
+{
+    struct om_quar *q = &tc->quar;
+    if (OM_UNLIKELY(!q->ring)) {
+        int saved = errno;
+        void *m = mmap(NULL, OM_QUAR_ENTRIES * sizeof(void *), PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        errno = saved;
+        if (m == MAP_FAILED) {
+            h->state = OM_ST_FREED;
+            om_hdr_seal(h);
+            om_pool_release(tc, h);
+            return;
+        }
+        q->ring = m;
+        q->mask = OM_QUAR_ENTRIES - 1;
+    }
+    q->ring[q->tail++ & q->mask] = h;
+    q->bytes += om_cls[h->cls].size;
+    while (q->bytes > om_g.opt.quarantine || q->tail - q->head > q->mask)
+        quar_evict(tc);
+}
+
+/* Empties the quarantine and every class cache of <tc> into the central stores. */
+static void tc_drain(struct om_tc *tc)
+{
+    while (tc->quar.ring && tc->quar.head != tc->quar.tail)
+        quar_evict(tc);
+    tc->quar.bytes = 0;
+    for (unsigned c = 0; c < OM_NCLS; c++)
+        om_tc_flush_class(tc, c, 0);
+}
+
+/* Adds the counters of <from> to <to>. */
+static void tstat_add(struct om_tstat *to, const struct om_tstat *from)
+{
+    for (unsigned t = 0; t < OSSL_MEM_MAX_TAGS; t++) {
+        to->tag_bytes[t] += OM_CTR_GET(from->tag_bytes[t]);
+        to->tag_chunks[t] += OM_CTR_GET(from->tag_chunks[t]);
+        to->tag_allocs[t] += OM_CTR_GET(from->tag_allocs[t]);
+    }
+    to->frees += OM_CTR_GET(from->frees);
+    to->reallocs += OM_CTR_GET(from->reallocs);
+    to->failed += OM_CTR_GET(from->failed);
+}
+
+/* Unlinks <tc>, keeps its counters and unmaps it. Caller holds threads_lock. */
+static void tc_retire_locked(struct om_tc *tc)
+{
+    tstat_add(&om_g.retired, &tc->st);
+    if (tc->prev)
+        tc->prev->next = tc->next;
+    else
+        om_g.threads = tc->next;
+    if (tc->next)
+        tc->next->prev = tc->prev;
+    if (tc->quar.ring)
+        munmap(tc->quar.ring, OM_QUAR_ENTRIES * sizeof(void *));
+    munmap(tc, sizeof *tc);
+}
+
+/* pthread key destructor: a thread exits; its cache goes back to the process. */
+static void tc_destroy(void *arg)
+{
+    struct om_tc *tc = arg;
+    int saved = errno;
+    om_stat_flush(tc);
+    tc_drain(tc);
+    pthread_mutex_lock(&om_g.threads_lock);
+    tc_retire_locked(tc);
+    pthread_mutex_unlock(&om_g.threads_lock);
+    om_tls_tc = OM_TC_DEAD;
+    errno = saved;
+}
+
+/*
+ * Sums the counters of every thread, live and retired, into <sum>, and
+ * reports the quarantine's bytes and chunks and the number of threads with
+ * a cache (the orphan cache not included).
+ */
+void om_stats_sum(struct om_tstat *sum, uint64_t *qbytes, uint64_t *qchunks, uint64_t *threads)
+{
+    memset(sum, 0, sizeof *sum);
+    *qbytes = *qchunks = *threads = 0;
+    pthread_mutex_lock(&om_g.threads_lock);
+    tstat_add(sum, &om_g.retired);
+    for (struct om_tc *tc = om_g.threads; tc; tc = tc->next) {
+        tstat_add(sum, &tc->st);
+        *qbytes += __atomic_load_n(&tc->quar.bytes, __ATOMIC_RELAXED);
+        *qchunks += __atomic_load_n(&tc->quar.tail, __ATOMIC_RELAXED) -
+                    __atomic_load_n(&tc->quar.head, __ATOMIC_RELAXED);
+        *threads += !tc->orphan;
+    }
+    pthread_mutex_unlock(&om_g.threads_lock);
+}
+
+/*
+ * Fork handlers. prepare takes every allocator lock in the global order
+ * (orphan, threads, centrals, segments, large table) so that no other
+ * thread holds one across fork; parent releases them; child re-creates
+ * them, starts a new owner generation and gives the caches of threads
+ * that do not exist in the child back to the central stores.
+ */
+void om_tc_fork_prepare(void)
+{
+    pthread_mutex_lock(&om_g.orphan_lock);
+    pthread_mutex_lock(&om_g.threads_lock);
+}
+
+void om_tc_fork_parent(void)
+{
+    pthread_mutex_unlock(&om_g.threads_lock);
+    pthread_mutex_unlock(&om_g.orphan_lock);
+}
+
+void om_tc_fork_child(void)
+{
+    pthread_mutex_init(&om_g.orphan_lock, NULL);
+    pthread_mutex_init(&om_g.threads_lock, NULL);
+    struct om_tc *self = om_tls_tc;
+    struct om_tc *tc = om_g.threads, *next;
+    for (; tc; tc = next) {
+        next = tc->next;
+        if (tc == self || tc->orphan)
+            continue;
+        tc_drain(tc);
+        tc_retire_locked(tc);
+    }
+    uint16_t gen = (uint16_t)(om_g.owner + 1);
+    om_g.owner = gen ? gen : 1;
+}
