@@ -160,12 +160,12 @@ void om_free_cb(void *p, const char *file, int line)
  */
 void *om_realloc_cb(void *p, size_t n, const char *file, int line)
 {
-    if (!p)
-        return om_malloc_cb(n, file, line);
-    if (n == 0) {
+    if (!p || n == 0) {
         struct om_tc *tc = om_tc_enter();
         OM_CTR_ADD(tc->st.reallocs, 1);
         om_tc_leave(tc);
+        if (!p)
+            return om_malloc_cb(n, file, line);
         om_free_cb(p, file, line);
         return NULL;
     }

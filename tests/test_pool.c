@@ -1,0 +1,232 @@
+/* test_pool.c - unit tests of the private pools: classes, alignment, realloc, large chunks, limits. */
+#include <errno.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "unit.h"
+#include "om.h"
+
+/* Fills <n> bytes at <p> with a pattern derived from <seed>. */
+static void fill(unsigned char *p, size_t n, unsigned seed)
+{
+    for (size_t i = 0; i < n; i++)
+        p[i] = (unsigned char)(seed * 31 + i * 7 + 1);
+}
+
+static int same(const unsigned char *p, size_t n, unsigned seed)
+{
+    for (size_t i = 0; i < n; i++)
+        if (p[i] != (unsigned char)(seed * 31 + i * 7 + 1))
+            return 0;
+    return 1;
+}
+
+/* Every size maps to the smallest class that holds it. */
+static void test_pool_size_class_map(void)
+{
+    for (size_t n = 0; n <= OM_SMALL_MAX; n++) {
+        unsigned c = om_size_class(n);
+        CU_ASSERT_FATAL(c < OM_NCLS);
+        CU_ASSERT_FATAL(om_cls[c].size >= n);
+        if (c > 0)
+            CU_ASSERT_FATAL(om_cls[c - 1].size < n);
+    }
+}
+
+/* The reciprocal division used to classify pointers is exact for every offset of every run. */
+static void test_pool_division_exact(void)
+{
+    for (unsigned c = 0; c < OM_NCLS; c++) {
+        const struct om_class *k = &om_cls[c];
+        CU_ASSERT(k->nslots * OM_SLOT_SIZE < OM_SEG_SIZE);
+        for (uint64_t off = 0; off < (uint64_t)k->nchunks * k->stride; off++) {
+            uint64_t q = (off * k->recip) >> 40;
+            if (q != off / k->stride) {
+                CU_FAIL("reciprocal division wrong");
+                return;
+            }
+        }
+    }
+}
+
+/* Every class: the boundary sizes land in it, are 16-aligned, fully writable and preserved. */
+static void test_pool_every_class(void)
+{
+    for (unsigned c = 0; c < OM_NCLS; c++) {
+        size_t lo = c ? om_cls[c - 1].size + 1 : 0, hi = om_cls[c].size;
+        size_t sizes[] = {lo, (lo + hi) / 2, hi};
+        for (unsigned i = 0; i < 3; i++) {
+            unsigned char *p = CRYPTO_malloc(sizes[i], __FILE__, __LINE__);
+            CU_ASSERT_PTR_NOT_NULL_FATAL(p);
+            CU_ASSERT_EQUAL((uintptr_t)p % 16, 0);
+            struct om_chunk *h = om_hdr(p);
+            CU_ASSERT_EQUAL(h->cls, c);
+            CU_ASSERT_EQUAL(h->size, sizes[i]);
+            CU_ASSERT_EQUAL(h->state, OM_ST_LIVE);
+            fill(p, hi, c);
+            CU_ASSERT(same(p, hi, c));
+            CRYPTO_free(p, __FILE__, __LINE__);
+            CU_ASSERT_EQUAL(h->state, OM_ST_QUAR);
+        }
+    }
+}
+
+/* Many live chunks of random sizes never overlap and keep their contents. */
+static void test_pool_no_overlap(void)
+{
+    enum { N = 3000 };
+    static unsigned char *p[N];
+    static size_t n[N];
+    srand(1);
+    for (unsigned i = 0; i < N; i++) {
+        n[i] = (size_t)rand() % (i % 50 == 0 ? 70000 : 600);
+        p[i] = CRYPTO_malloc(n[i], __FILE__, __LINE__);
+        CU_ASSERT_PTR_NOT_NULL_FATAL(p[i]);
+        CU_ASSERT_EQUAL((uintptr_t)p[i] % 16, 0);
+        fill(p[i], n[i], i);
+    }
+    unsigned bad = 0;
+    for (unsigned i = 0; i < N; i++) {
+        bad += !same(p[i], n[i], i);
+        CRYPTO_free(p[i], __FILE__, __LINE__);
+    }
+    CU_ASSERT_EQUAL(bad, 0);
+}
+
+static void test_pool_zero_size(void)
+{
+    void *a = CRYPTO_malloc(0, __FILE__, __LINE__);
+    void *b = CRYPTO_malloc(0, __FILE__, __LINE__);
+    CU_ASSERT_PTR_NOT_NULL(a);
+    CU_ASSERT_PTR_NOT_NULL(b);
+    CU_ASSERT_PTR_NOT_EQUAL(a, b);
+    CRYPTO_free(a, __FILE__, __LINE__);
+    CRYPTO_free(b, __FILE__, __LINE__);
+    CRYPTO_free(NULL, __FILE__, __LINE__); /* must be a no-op */
+}
+
+/* realloc: in place within a class, moving across classes, shrinking, NULL and 0. */
+static void test_pool_realloc(void)
+{
+    struct ossl_mem_stats s0 = unit_stats();
+    unsigned char *p = CRYPTO_realloc(NULL, 40, __FILE__, __LINE__);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(p);
+    fill(p, 40, 9);
+    unsigned char *q = CRYPTO_realloc(p, 48, __FILE__, __LINE__); /* same class: in place */
+    CU_ASSERT_PTR_EQUAL(q, p);
+    CU_ASSERT(same(q, 40, 9));
+    CU_ASSERT_EQUAL(om_hdr(q)->size, 48);
+    p = CRYPTO_realloc(q, 5000, __FILE__, __LINE__); /* grows across classes: moves */
+    CU_ASSERT_PTR_NOT_NULL_FATAL(p);
+    CU_ASSERT_PTR_NOT_EQUAL(p, q);
+    CU_ASSERT(same(p, 40, 9));
+    CU_ASSERT_EQUAL(om_hdr(q)->state, OM_ST_QUAR);
+    fill(p, 5000, 3);
+    q = CRYPTO_realloc(p, 4000, __FILE__, __LINE__); /* shrink within the class: in place */
+    CU_ASSERT_PTR_EQUAL(q, p);
+    CU_ASSERT(same(q, 4000, 3));
+    p = CRYPTO_realloc(q, 100, __FILE__, __LINE__); /* shrink far: moves to a small class */
+    CU_ASSERT_PTR_NOT_EQUAL(p, q);
+    CU_ASSERT(same(p, 100, 3));
+    CU_ASSERT(om_cls[om_hdr(p)->cls].size == 112);
+    q = CRYPTO_realloc(p, 200000, __FILE__, __LINE__); /* small to large */
+    CU_ASSERT_PTR_NOT_NULL_FATAL(q);
+    CU_ASSERT(same(q, 100, 3));
+    CU_ASSERT_EQUAL(om_hdr(q)->cls, OM_CLS_LARGE);
+    fill(q, 200000, 4);
+    p = CRYPTO_realloc(q, 150000, __FILE__, __LINE__); /* large, in place */
+    CU_ASSERT_PTR_EQUAL(p, q);
+    q = CRYPTO_realloc(p, 1000, __FILE__, __LINE__); /* large to small */
+    CU_ASSERT_EQUAL(om_hdr(q)->cls, om_size_class(1000));
+    CU_ASSERT(same(q, 1000, 4));
+    CU_ASSERT_PTR_NULL(CRYPTO_realloc(q, 0, __FILE__, __LINE__)); /* frees, returns NULL */
+    struct ossl_mem_stats s1 = unit_stats();
+    CU_ASSERT_EQUAL(s1.live_bytes, s0.live_bytes);
+    CU_ASSERT_EQUAL(s1.live_chunks, s0.live_chunks);
+    CU_ASSERT_EQUAL(s1.reallocs - s0.reallocs, 9);
+    CU_ASSERT_EQUAL(s1.allocs - s0.allocs, 5);
+    CU_ASSERT_EQUAL(s1.frees - s0.frees, 5);
+    CU_ASSERT_EQUAL(s1.double_frees, s0.double_frees);
+    CU_ASSERT_EQUAL(s1.invalid_frees, s0.invalid_frees);
+}
+
+/* Large chunks get their own mapping, counted while live. */
+static void test_pool_large(void)
+{
+    struct ossl_mem_stats s0 = unit_stats();
+    size_t n = 3u << 20;
+    unsigned char *p = CRYPTO_malloc(n, __FILE__, __LINE__);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(p);
+    CU_ASSERT_EQUAL((uintptr_t)p % 16, 0);
+    memset(p, 0x5a, n);
+    struct ossl_mem_stats s1 = unit_stats();
+    CU_ASSERT_EQUAL(s1.large_chunks, s0.large_chunks + 1);
+    CU_ASSERT(s1.private_mapped >= s0.private_mapped + n);
+    CU_ASSERT_EQUAL(s1.live_bytes, s0.live_bytes + n);
+    CU_ASSERT(s1.peak_bytes >= s1.live_bytes);
+    const char *why;
+    CU_ASSERT_PTR_NULL(om_pool_find(p, &why)); /* not in the small pools */
+    CRYPTO_free(p, __FILE__, __LINE__);
+    struct ossl_mem_stats s2 = unit_stats();
+    CU_ASSERT_EQUAL(s2.large_chunks, s0.large_chunks);
+    CU_ASSERT_EQUAL(s2.live_bytes, s0.live_bytes);
+}
+
+/* Requests that cannot be met fail with NULL and ENOMEM, never a short block. */
+static void test_pool_size_overflow(void)
+{
+    struct ossl_mem_stats s0 = unit_stats();
+    errno = 0;
+    CU_ASSERT_PTR_NULL(CRYPTO_malloc(SIZE_MAX, __FILE__, __LINE__));
+    CU_ASSERT_EQUAL(errno, ENOMEM);
+    errno = 0;
+    CU_ASSERT_PTR_NULL(CRYPTO_malloc(SIZE_MAX - 8, __FILE__, __LINE__));
+    CU_ASSERT_EQUAL(errno, ENOMEM);
+    CU_ASSERT_PTR_NULL(CRYPTO_malloc(OM_MAX_REQUEST + 1, __FILE__, __LINE__));
+    void *p = CRYPTO_malloc(10, __FILE__, __LINE__);
+    CU_ASSERT_PTR_NULL(CRYPTO_realloc(p, SIZE_MAX, __FILE__, __LINE__));
+    CU_ASSERT_EQUAL(om_hdr(p)->state, OM_ST_LIVE); /* the old block is untouched */
+    CRYPTO_free(p, __FILE__, __LINE__);
+    struct ossl_mem_stats s1 = unit_stats();
+    CU_ASSERT_EQUAL(s1.failed_allocs - s0.failed_allocs, 4);
+}
+
+/* Pointer classification never mistakes an interior, stack or foreign pointer for a chunk. */
+static void test_pool_classify(void)
+{
+    unsigned char *p = CRYPTO_malloc(100, __FILE__, __LINE__);
+    const char *why = NULL;
+    CU_ASSERT_PTR_EQUAL(om_pool_find(p, &why), om_hdr(p));
+    for (unsigned off = 1; off < 112; off++) {
+        CU_ASSERT_PTR_NULL(om_pool_find(p + off, &why));
+        CU_ASSERT_PTR_NOT_NULL(why);
+    }
+    int local;
+    CU_ASSERT_PTR_NULL(om_pool_find(&local, &why));
+    CU_ASSERT_PTR_NULL(why);
+    void *m = malloc(32);
+    CU_ASSERT_PTR_NULL(om_pool_find(m, &why));
+    CU_ASSERT_PTR_NULL(why);
+    free(m);
+    CU_ASSERT_PTR_NULL(om_pool_find(om_g.region + OM_HDR, &why)); /* segment header */
+    CU_ASSERT_PTR_NOT_NULL(why);
+    CRYPTO_free(p, __FILE__, __LINE__);
+}
+
+void test_pool_register(void)
+{
+    static const struct unit_case cases[] = {
+        {"test_pool_size_class_map", test_pool_size_class_map},
+        {"test_pool_division_exact", test_pool_division_exact},
+        {"test_pool_every_class", test_pool_every_class},
+        {"test_pool_no_overlap", test_pool_no_overlap},
+        {"test_pool_zero_size", test_pool_zero_size},
+        {"test_pool_realloc", test_pool_realloc},
+        {"test_pool_large", test_pool_large},
+        {"test_pool_size_overflow", test_pool_size_overflow},
+        {"test_pool_classify", test_pool_classify},
+        {NULL, NULL},
+    };
+    unit_add_suite("pool", cases);
+}
