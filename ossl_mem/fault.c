@@ -59,7 +59,7 @@ const char *om_site_str(uint16_t site, char *buf, size_t len)
 
 static const char *const fault_name[OM_F_COUNT] = {
     [OM_F_DOUBLE_FREE] = "double free",
-    [OM_F_DOUBLE_REALLOC] = "realloc of freed chunk",
+    [OM_F_DOUBLE_REALLOC] = "realloc after free",
     [OM_F_INVALID_FREE] = "invalid free",
     [OM_F_INVALID_REALLOC] = "invalid realloc",
     [OM_F_CORRUPT] = "corrupt chunk header",
