@@ -8,7 +8,8 @@
 #include "om.h"
 
 #define TOP_SITES   25  /* sites listed */
-#define MAX_CHUNKS  200 /* live chunks listed */
+#define MAX_CHUNKS  1000 /* live chunks listed in JSON */
+#define TEXT_CHUNKS 30   /* live chunks listed in text */
 
 /* Every field of struct ossl_mem_stats, in report order. */
 #define STATS_FIELDS(X) \
@@ -124,8 +125,8 @@ static void report_text(FILE *out, const struct ossl_mem_stats *st, struct agg *
     if (a->nsites == 0)
         fprintf(out, "  (none)\n");
     fprintf(out, "live chunks: %" PRIu64 "%s\n", a->nlive,
-            a->nlive > MAX_CHUNKS ? " (first 200 listed)" : "");
-    for (uint64_t i = 0; i < a->nlive && i < MAX_CHUNKS; i++) {
+            a->nlive > TEXT_CHUNKS ? " (the first 30 listed; the JSON report lists 1000)" : "");
+    for (uint64_t i = 0; i < a->nlive && i < TEXT_CHUNKS; i++) {
         const struct live_ent *e = &a->shown[i];
         fprintf(out, "  %#14" PRIxPTR " %8u bytes  %-12s %s\n", e->ptr, e->size,
                 om_g.tag_names[e->tag < OSSL_MEM_MAX_TAGS ? e->tag : 0],
