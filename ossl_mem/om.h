@@ -158,6 +158,7 @@ struct om_tc {
     uint8_t depth;                          /* tag stack depth */
     uint8_t tags[OSSL_MEM_MAX_TAG_DEPTH];   /* tag stack */
     bool orphan;                            /* the shared fallback cache (under om_g.orphan_lock) */
+    uint8_t busy;                           /* 1 while the thread changes allocator state (fork waits) */
     pthread_t thread;                       /* owning thread */
     struct om_tc *next, *prev;              /* om_g.threads list */
     struct om_quar quar;                    /* quarantine */
@@ -193,6 +194,8 @@ enum om_fault {
 
 struct om_global {
     bool ready;                     /* ossl_mem_init() succeeded */
+    bool fence_needed;              /* no membarrier(2): threads fence themselves at each op */
+    uint8_t forking;                /* set by the fork prepare handler: new ops wait */
     struct om_opts opt;             /* parsed options */
     uint64_t cookie;                /* random key of header checks */
     uint16_t owner;                 /* this process's generation */
@@ -363,6 +366,7 @@ OM_HIDDEN void om_tc_flush_class(struct om_tc *tc, unsigned cls, unsigned keep);
 OM_HIDDEN void om_tc_refill(struct om_tc *tc, unsigned cls);
 OM_HIDDEN void om_quar_push(struct om_tc *tc, struct om_chunk *h);
 OM_HIDDEN void om_stat_flush(struct om_tc *tc);
+OM_HIDDEN void om_op_wait(struct om_tc *tc);
 OM_HIDDEN void om_tc_fork_prepare(void);
 OM_HIDDEN void om_tc_fork_parent(void);
 OM_HIDDEN void om_tc_fork_child(void);
@@ -391,6 +395,31 @@ static inline void om_tc_leave(struct om_tc *tc)
 {
     if (OM_UNLIKELY(tc->orphan))
         pthread_mutex_unlock(&om_g.orphan_lock);
+}
+
+/*
+ * Brackets every change of allocator state by a thread (header writes,
+ * cache and quarantine updates), so that fork() never copies a half-done
+ * operation of a thread that will not exist in the child. The fork prepare
+ * handler raises om_g.forking, makes every thread see it (membarrier(2), so
+ * this fast path needs no fence of its own) and waits until no thread is
+ * busy; a thread that finds om_g.forking raised waits until the fork is
+ * over. The orphan cache is serialised by its mutex, which fork takes.
+ */
+static inline void om_op_begin(struct om_tc *tc)
+{
+    __atomic_store_n(&tc->busy, 1, __ATOMIC_RELAXED);
+    if (OM_UNLIKELY(om_g.fence_needed))
+        __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    else
+        __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    if (OM_UNLIKELY(__atomic_load_n(&om_g.forking, __ATOMIC_RELAXED)))
+        om_op_wait(tc);
+}
+
+static inline void om_op_end(struct om_tc *tc)
+{
+    __atomic_store_n(&tc->busy, 0, __ATOMIC_RELEASE);
 }
 
 /* Accounts a live-byte change of <d> in thread <tc>; flushes to the global peak now and then. */

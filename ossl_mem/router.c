@@ -130,7 +130,9 @@ static void release(struct om_tc *tc, struct om_chunk *h, size_t size, uint16_t 
 void *om_malloc_cb(size_t n, const char *file, int line)
 {
     struct om_tc *tc = om_tc_enter();
+    om_op_begin(tc);
     void *p = alloc_in(tc, n, om_site_id(file, line), tc->tag);
+    om_op_end(tc);
     om_tc_leave(tc);
     return p;
 }
@@ -146,7 +148,9 @@ void om_free_cb(void *p, const char *file, int line)
         return;
     }
     struct om_tc *tc = om_tc_enter();
+    om_op_begin(tc);
     release(tc, f.h, f.size, om_site_id(file, line), w == W_LARGE);
+    om_op_end(tc);
     om_tc_leave(tc);
 }
 
@@ -177,6 +181,7 @@ void *om_realloc_cb(void *p, size_t n, const char *file, int line)
         return NULL;
     }
     struct om_tc *tc = om_tc_enter();
+    om_op_begin(tc);
     uint16_t site = om_site_id(file, line);
     struct om_chunk *h = f.h;
     void *q = p;
@@ -198,6 +203,7 @@ void *om_realloc_cb(void *p, size_t n, const char *file, int line)
     memcpy(q, p, n < f.size ? n : f.size);
     release(tc, h, f.size, site, w == W_LARGE);
 out:
+    om_op_end(tc);
     om_tc_leave(tc);
     return q;
 }

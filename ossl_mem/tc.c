@@ -1,5 +1,8 @@
 /* tc.c - per-thread caches, the quarantine, thread exit and the fork handlers for them. */
+#include <linux/membarrier.h>
+#include <sched.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "om.h"
@@ -31,8 +34,20 @@ static struct om_tc *tc_new(bool orphan)
     return tc;
 }
 
+/* Whether membarrier(2) can make every thread of the process see a store at once. */
+static bool membarrier_ready(void)
+{
+    long cmds = syscall(__NR_membarrier, MEMBARRIER_CMD_QUERY, 0, 0);
+    if (cmds < 0 || !(cmds & MEMBARRIER_CMD_PRIVATE_EXPEDITED))
+        return false;
+    return syscall(__NR_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0) == 0;
+}
+
 int om_tc_init(void)
 {
+    int saved = errno;
+    om_g.fence_needed = !membarrier_ready();
+    errno = saved;
     pthread_mutex_init(&om_g.threads_lock, NULL);
     pthread_mutex_init(&om_g.orphan_lock, NULL);
     if (pthread_key_create(&om_g.key, tc_destroy) != 0)
@@ -176,8 +191,10 @@ static void tc_destroy(void *arg)
 {
     struct om_tc *tc = arg;
     int saved = errno;
+    om_op_begin(tc);
     om_stat_flush(tc);
     tc_drain(tc);
+    om_op_end(tc);
     pthread_mutex_lock(&om_g.threads_lock);
     tc_retire_locked(tc);
     pthread_mutex_unlock(&om_g.threads_lock);
@@ -207,22 +224,46 @@ void om_stats_sum(struct om_tstat *sum, uint64_t *qbytes, uint64_t *qchunks, uin
 }
 
 /*
- * Fork handlers. prepare takes every allocator lock in the global order
- * (orphan, threads, centrals, segments, large table) so that no other
+ * Fork handlers. prepare first waits until no other thread is inside an
+ * allocator operation (om_op_begin), then takes every allocator lock
+ * (threads, orphan, centrals, segments, large table) so that no other
  * thread holds one across fork; parent releases them; child re-creates
  * them, starts a new owner generation and gives the caches of threads
  * that do not exist in the child back to the central stores.
  */
+/* A thread met a fork in progress: step out of the way until it is over, then go on. */
+void om_op_wait(struct om_tc *tc)
+{
+    while (__atomic_load_n(&om_g.forking, __ATOMIC_ACQUIRE)) {
+        __atomic_store_n(&tc->busy, 0, __ATOMIC_RELEASE);
+        while (__atomic_load_n(&om_g.forking, __ATOMIC_ACQUIRE))
+            sched_yield();
+        __atomic_store_n(&tc->busy, 1, __ATOMIC_RELAXED);
+        __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    }
+}
+
 void om_tc_fork_prepare(void)
 {
-    pthread_mutex_lock(&om_g.orphan_lock);
+    /* quiesce: no other thread may be half-way through changing a header or a cache */
+    __atomic_store_n(&om_g.forking, 1, __ATOMIC_SEQ_CST);
+    int saved = errno;
+    if (om_g.fence_needed || syscall(__NR_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) != 0)
+        __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    errno = saved;
     pthread_mutex_lock(&om_g.threads_lock);
+    struct om_tc *self = om_tls_tc;
+    for (struct om_tc *tc = om_g.threads; tc; tc = tc->next)
+        while (tc != self && __atomic_load_n(&tc->busy, __ATOMIC_ACQUIRE))
+            sched_yield();
+    pthread_mutex_lock(&om_g.orphan_lock);
 }
 
 void om_tc_fork_parent(void)
 {
-    pthread_mutex_unlock(&om_g.threads_lock);
     pthread_mutex_unlock(&om_g.orphan_lock);
+    pthread_mutex_unlock(&om_g.threads_lock);
+    __atomic_store_n(&om_g.forking, 0, __ATOMIC_RELEASE);
 }
 
 void om_tc_fork_child(void)
@@ -240,4 +281,5 @@ void om_tc_fork_child(void)
     }
     uint16_t gen = (uint16_t)(om_g.owner + 1);
     om_g.owner = gen ? gen : 1;
+    __atomic_store_n(&om_g.forking, 0, __ATOMIC_RELEASE);
 }
