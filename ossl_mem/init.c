@@ -156,6 +156,8 @@ int ossl_mem_init(const struct ossl_mem_config *cfg)
     }
 
     om_g.cookie = make_cookie();
+    om_g.state_key = (om_g.cookie * 0xBF58476D1CE4E5B9ull) | 1;
+    om_g.site_key = ((om_g.cookie >> 17 | om_g.cookie << 47) * 0x94D049BB133111EBull) | 1;
     om_g.owner = 1;
     if ((rc = om_site_init()) || (rc = om_pool_init()) || (rc = om_large_init()) ||
         (rc = om_tc_init()))

@@ -198,6 +198,8 @@ struct om_global {
     uint8_t forking;                /* set by the fork prepare handler: new ops wait */
     struct om_opts opt;             /* parsed options */
     uint64_t cookie;                /* random key of header checks */
+    uint64_t state_key;             /* odd key mixing the state into the check */
+    uint64_t site_key;              /* odd key mixing the free site into the check */
     uint16_t owner;                 /* this process's generation */
 
     /* private region: reserved once, segments committed in order */
@@ -254,14 +256,27 @@ static inline unsigned om_size_class(size_t size)
     return om_cls_mid[(size - 1) >> 8];
 }
 
-/* The 16-bit keyed check of header <h> whose other fields are <w0>, <w1>. */
+/* A keyed 16-bit mix of a small field value. */
+static inline uint16_t om_mix16(uint64_t v, uint64_t key)
+{
+    return (uint16_t)(((v + 1) * key) >> 48);
+}
+
+/*
+ * The 16-bit keyed check of header <h> whose other fields are in <w0>,
+ * <w1>. The state and the free site enter through a XOR of their own mixes,
+ * so om_hdr_restate() can change them on the free path without hashing the
+ * whole header again; everything else, the header's address and the cookie
+ * go through a full 64-bit mix.
+ */
 static inline uint16_t om_check16(const struct om_chunk *h, uint64_t w0, uint64_t w1)
 {
-    uint64_t x = (w0 ^ om_g.cookie) * 0x9E3779B97F4A7C15ull;
-    x ^= ((w1 & 0xFFFFFFFFFFFFull) + (uint64_t)(uintptr_t)h) * 0xC2B2AE3D27D4EB4Full;
+    uint64_t x = ((w0 & 0xFFFFFFFFFFFFull) ^ om_g.cookie) * 0x9E3779B97F4A7C15ull;
+    x ^= ((w1 & 0xFF00FFFFFFFFull) + (uint64_t)(uintptr_t)h) * 0xC2B2AE3D27D4EB4Full;
     x ^= x >> 31;
     x *= 0xD6E8FEB86659FD93ull;
-    return (uint16_t)(x >> 48);
+    return (uint16_t)(x >> 48) ^ om_mix16((w1 >> 32) & 0xFF, om_g.state_key) ^
+           om_mix16(w0 >> 48, om_g.site_key);
 }
 
 /* Reads the two words of a header. */
@@ -290,6 +305,18 @@ static inline void om_hdr_store(struct om_chunk *h, uint32_t size, uint16_t asit
     memcpy((char *)h + 8, &w1, 8);
 }
 
+/*
+ * Moves valid header <h> to <state> with free site <fsite>, updating its
+ * check by XOR instead of a full rehash (the free path's hot spot).
+ */
+static inline void om_hdr_restate(struct om_chunk *h, uint8_t state, uint16_t fsite)
+{
+    h->check ^= om_mix16(h->state, om_g.state_key) ^ om_mix16(state, om_g.state_key) ^
+                om_mix16(h->fsite, om_g.site_key) ^ om_mix16(fsite, om_g.site_key);
+    h->state = state;
+    h->fsite = fsite;
+}
+
 /* Rewrites the check after fields of <h> were changed in place. */
 static inline void om_hdr_seal(struct om_chunk *h)
 {
@@ -306,6 +333,25 @@ static inline unsigned om_run_class(const struct om_chunk *h)
 {
     const struct om_seg *s = (const struct om_seg *)((uintptr_t)h & ~(uintptr_t)(OM_SEG_SIZE - 1));
     return s->slot_cls[((uintptr_t)h - (uintptr_t)s) >> OM_SLOT_SHIFT];
+}
+
+/*
+ * Zeroes <n> bytes (a multiple of 16) at 16-aligned <p>: inline stores for
+ * the small classes that make up most frees, memset beyond.
+ */
+static inline void om_wipe(void *p, size_t n)
+{
+    if (n <= 128) {
+        uint64_t *q = p;
+        for (size_t i = 0; i < n / 8; i += 2) {
+            q[i] = 0;
+            q[i + 1] = 0;
+        }
+        __asm__ volatile("" : : "r"(q) : "memory"); /* the wipe must not be optimised away */
+        return;
+    }
+    memset(p, 0, n);
+    __asm__ volatile("" : : "r"(p) : "memory");
 }
 
 /* Relaxed add to a counter that only the calling thread writes. */

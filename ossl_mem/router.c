@@ -112,17 +112,13 @@ static void release(struct om_tc *tc, struct om_chunk *h, size_t size, uint16_t 
         om_large_free(tc, h, fsite);
         return;
     }
-    unsigned cls = h->cls;
     if (om_g.opt.zero)
-        memset(om_user(h), 0, om_cls[cls].size);
-    h->fsite = fsite;
+        om_wipe(om_user(h), om_cls[h->cls].size);
     if (om_g.opt.quarantine) {
-        h->state = OM_ST_QUAR;
-        om_hdr_seal(h);
+        om_hdr_restate(h, OM_ST_QUAR, fsite);
         om_quar_push(tc, h);
     } else {
-        h->state = OM_ST_FREED;
-        om_hdr_seal(h);
+        om_hdr_restate(h, OM_ST_FREED, fsite);
         om_pool_release(tc, h);
     }
 }

@@ -114,8 +114,7 @@ static void quar_evict(struct om_tc *tc)
                  "header of a quarantined chunk was overwritten after free; chunk withdrawn");
         return;
     }
-    h->state = OM_ST_FREED;
-    om_hdr_seal(h);
+    om_hdr_restate(h, OM_ST_FREED, h->fsite);
     om_pool_release(tc, h);
 }
 
@@ -134,8 +133,7 @@ void om_quar_push(struct om_tc *tc, struct om_chunk *h)
                        MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         errno = saved;
         if (m == MAP_FAILED) {
-            h->state = OM_ST_FREED;
-            om_hdr_seal(h);
+            om_hdr_restate(h, OM_ST_FREED, h->fsite);
             om_pool_release(tc, h);
             return;
         }
