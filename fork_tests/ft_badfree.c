@@ -100,6 +100,25 @@ static void wild_pointer(void)
     AT(OPENSSL_free((void *)(uintptr_t)0x5a5a5a5a5a50));
 }
 
+/* Inside the address space ossl_mem reserved but has not committed: must not be touched. */
+static void reserved_unused(void)
+{
+    char *p = OPENSSL_malloc(16);
+    uintptr_t seg = (uintptr_t)p & ~(uintptr_t)((4u << 20) - 1);
+    AT(OPENSSL_free((void *)(seg + (256u << 20))));
+    OPENSSL_free(p);
+}
+
+/* Into a segment's own metadata (its first slot). */
+static void segment_metadata(void)
+{
+    char *p = OPENSSL_malloc(16);
+    uintptr_t seg = (uintptr_t)p & ~(uintptr_t)((4u << 20) - 1);
+    for (uintptr_t off = 16; off <= 4096; off += 4080)
+        AT(OPENSSL_free((void *)(seg + off))); /* one site: counted twice, reported once */
+    OPENSSL_free(p);
+}
+
 static void realloc_freed(void)
 {
     char *p = OPENSSL_malloc(24), *q;
@@ -138,6 +157,8 @@ static const struct bad_case cases[] = {
     {"libc malloc pointer", libc_pointer, C_INVALID, 1, "not allocated by ossl_mem", NULL},
     {"stack address", stack_pointer, C_INVALID, 1, "not allocated by ossl_mem", NULL},
     {"wild address", wild_pointer, C_INVALID, 1, "not allocated by ossl_mem", NULL},
+    {"reserved, uncommitted address", reserved_unused, C_INVALID, 1, "invalid free of", NULL},
+    {"segment metadata address", segment_metadata, C_INVALID, 2, "metadata", NULL},
     {"realloc of freed chunk", realloc_freed, C_DOUBLE, 1, "realloc after free of", NULL},
     {"realloc of foreign pointer", realloc_foreign, C_INVALID, 1, "invalid realloc", NULL},
     {"header underflow", header_underflow, C_CORRUPT, 1, "corrupt chunk header", NULL},

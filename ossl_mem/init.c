@@ -158,6 +158,10 @@ int ossl_mem_init(const struct ossl_mem_config *cfg)
     om_g.cookie = make_cookie();
     om_g.state_key = (om_g.cookie * 0xBF58476D1CE4E5B9ull) | 1;
     om_g.site_key = ((om_g.cookie >> 17 | om_g.cookie << 47) * 0x94D049BB133111EBull) | 1;
+    uint16_t live = om_mix16(OM_ST_LIVE, om_g.state_key), nosite = om_mix16(0, om_g.site_key);
+    om_g.k_free_quar = live ^ om_mix16(OM_ST_QUAR, om_g.state_key) ^ nosite;
+    om_g.k_free_freed = live ^ om_mix16(OM_ST_FREED, om_g.state_key) ^ nosite;
+    om_g.k_quar_freed = om_mix16(OM_ST_QUAR, om_g.state_key) ^ om_mix16(OM_ST_FREED, om_g.state_key);
     om_g.owner = 1;
     if ((rc = om_site_init()) || (rc = om_pool_init()) || (rc = om_large_init()) ||
         (rc = om_tc_init()))

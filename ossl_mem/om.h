@@ -200,6 +200,9 @@ struct om_global {
     uint64_t cookie;                /* random key of header checks */
     uint64_t state_key;             /* odd key mixing the state into the check */
     uint64_t site_key;              /* odd key mixing the free site into the check */
+    uint16_t k_free_quar;           /* check change of a free: live -> quarantined, no free site */
+    uint16_t k_free_freed;          /* check change of a free: live -> freed, no free site */
+    uint16_t k_quar_freed;          /* check change of leaving the quarantine */
     uint16_t owner;                 /* this process's generation */
 
     /* private region: reserved once, segments committed in order */
@@ -377,7 +380,7 @@ OM_HIDDEN int om_opts_parse(struct om_opts *o, const char *s, const char *origin
 
 /* site.c */
 OM_HIDDEN int om_site_init(void);
-OM_HIDDEN uint16_t om_site_id(const char *file, int line);
+OM_HIDDEN uint16_t om_site_id_slow(const char *file, int line);
 OM_HIDDEN bool om_site_get(uint16_t id, const char **file, int *line);
 OM_HIDDEN int om_tag_id(const char *name);
 
@@ -385,7 +388,6 @@ OM_HIDDEN int om_tag_id(const char *name);
 OM_HIDDEN int om_pool_init(void);
 OM_HIDDEN void *om_pool_alloc(struct om_tc *tc, size_t size, uint16_t site, uint8_t tag);
 OM_HIDDEN struct om_chunk *om_pool_find(const void *p, const char **why);
-OM_HIDDEN void om_pool_release(struct om_tc *tc, struct om_chunk *h);
 OM_HIDDEN void om_central_put(unsigned cls, struct om_chunk **v, unsigned n);
 OM_HIDDEN size_t om_pool_mapped(void);
 typedef void (*om_chunk_fn)(struct om_chunk *h, size_t usable, void *arg);
@@ -410,7 +412,7 @@ OM_HIDDEN int om_tc_init(void);
 OM_HIDDEN struct om_tc *om_tc_enter_slow(void);
 OM_HIDDEN void om_tc_flush_class(struct om_tc *tc, unsigned cls, unsigned keep);
 OM_HIDDEN void om_tc_refill(struct om_tc *tc, unsigned cls);
-OM_HIDDEN void om_quar_push(struct om_tc *tc, struct om_chunk *h);
+OM_HIDDEN bool om_quar_init(struct om_tc *tc);
 OM_HIDDEN void om_stat_flush(struct om_tc *tc);
 OM_HIDDEN void om_op_wait(struct om_tc *tc);
 OM_HIDDEN void om_tc_fork_prepare(void);
@@ -427,6 +429,20 @@ OM_HIDDEN void om_free_cb(void *p, const char *file, int line);
 
 /* check.c */
 OM_HIDDEN bool om_hooks_ours(void);
+
+/*
+ * The id of OpenSSL site <file>:<line>: one probe of the shared site table
+ * when the site is known (the common case), om_site_id_slow() otherwise.
+ */
+static inline uint16_t om_site_id(const char *file, int line)
+{
+    uint64_t key = (uint64_t)(uintptr_t)file | (uint64_t)(uint32_t)line << 47;
+    uint32_t i = (uint32_t)((key * 0x9E3779B97F4A7C15ull) >> 48);
+    if (OM_LIKELY(i >= 2 && file && (uintptr_t)file >> 47 == 0 && (uint32_t)line < (1u << 17) &&
+                  atomic_load_explicit(&om_g.sites[i], memory_order_relaxed) == key))
+        return (uint16_t)i;
+    return om_site_id_slow(file, line);
+}
 
 /* Returns the calling thread's cache, making one if needed. Pair with om_tc_leave(). */
 static inline struct om_tc *om_tc_enter(void)
@@ -466,6 +482,43 @@ static inline void om_op_begin(struct om_tc *tc)
 static inline void om_op_end(struct om_tc *tc)
 {
     __atomic_store_n(&tc->busy, 0, __ATOMIC_RELEASE);
+}
+
+/* Returns a freed chunk to the thread cache, spilling half of a full cache. */
+static inline void om_pool_release(struct om_tc *tc, struct om_chunk *h)
+{
+    unsigned cls = h->cls;
+    if (OM_UNLIKELY(tc->n[cls] >= om_cls[cls].tc_cap))
+        om_tc_flush_class(tc, cls, om_cls[cls].tc_cap / 2);
+    tc->slot[cls][tc->n[cls]++] = h;
+}
+
+/*
+ * Puts freed chunk <h> (wiped, state OM_ST_QUAR) of <usable> bytes into the
+ * thread's quarantine, and makes the oldest chunks beyond the byte budget
+ * reusable: they go to the thread cache marked freed, which also brings
+ * their header into the cache just before the chunk is handed out again.
+ */
+static inline void om_quar_push(struct om_tc *tc, struct om_chunk *h, uint32_t usable)
+{
+    struct om_quar *q = &tc->quar;
+    if (OM_UNLIKELY(!q->ring) && !om_quar_init(tc)) {
+        h->state = OM_ST_FREED;
+        h->check ^= om_g.k_quar_freed;
+        om_pool_release(tc, h);
+        return;
+    }
+    q->ring[q->tail++ & q->mask] = h;
+    q->bytes += usable;
+    while (q->bytes > om_g.opt.quarantine || q->tail - q->head > q->mask) {
+        /* the chunks leave in order: fetch the header of one a few places behind */
+        __builtin_prefetch(q->ring[(q->head + 6) & q->mask], 1, 3);
+        struct om_chunk *o = q->ring[q->head++ & q->mask];
+        q->bytes -= om_cls[o->cls].size;
+        o->state = OM_ST_FREED;
+        o->check ^= om_g.k_quar_freed;
+        om_pool_release(tc, o);
+    }
 }
 
 /* Accounts a live-byte change of <d> in thread <tc>; flushes to the global peak now and then. */

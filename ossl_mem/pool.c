@@ -21,6 +21,8 @@ static const uint32_t class_sizes[OM_NCLS] = {
     10240, 12288, 14336, 16384, 20480, 24576, 28672, 32768,
 };
 
+static struct om_seg *seg_new(void);
+
 /*
  * Fills the class table and the size-to-class maps, and reserves the
  * private region. The region is reserved PROT_NONE once, so a pointer is
@@ -75,7 +77,8 @@ int om_pool_init(void)
     om_g.region = (char *)b;
     om_g.region_size = want;
     atomic_store(&om_g.region_used, 0);
-    return 0;
+    /* commit the first segment now: the free fast path relies on region_used > 0 */
+    return seg_new() ? 0 : OSSL_MEM_E_NOMEM;
 }
 
 /*
@@ -185,15 +188,6 @@ void om_central_put(unsigned cls, struct om_chunk **v, unsigned n)
     ce->free = v[0];
     ce->nfree += n;
     pthread_mutex_unlock(&ce->lock);
-}
-
-/* Returns a freed chunk to the thread cache, spilling half of a full cache. */
-void om_pool_release(struct om_tc *tc, struct om_chunk *h)
-{
-    unsigned cls = h->cls;
-    if (OM_UNLIKELY(tc->n[cls] >= om_cls[cls].tc_cap))
-        om_tc_flush_class(tc, cls, om_cls[cls].tc_cap / 2);
-    tc->slot[cls][tc->n[cls]++] = h;
 }
 
 /*

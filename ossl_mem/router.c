@@ -112,18 +112,20 @@ static void release(struct om_tc *tc, struct om_chunk *h, size_t size, uint16_t 
         om_large_free(tc, h, fsite);
         return;
     }
+    uint32_t usable = om_cls[h->cls].size;
     if (om_g.opt.zero)
-        om_wipe(om_user(h), om_cls[h->cls].size);
+        om_wipe(om_user(h), usable);
     if (om_g.opt.quarantine) {
         om_hdr_restate(h, OM_ST_QUAR, fsite);
-        om_quar_push(tc, h);
+        om_quar_push(tc, h, usable);
     } else {
         om_hdr_restate(h, OM_ST_FREED, fsite);
         om_pool_release(tc, h);
     }
 }
 
-void *om_malloc_cb(size_t n, const char *file, int line)
+/* Slow path of om_malloc_cb(): large requests, empty caches, the orphan cache, a fork. */
+static OM_COLD void *malloc_slow(size_t n, const char *file, int line)
 {
     struct om_tc *tc = om_tc_enter();
     om_op_begin(tc);
@@ -133,10 +135,37 @@ void *om_malloc_cb(size_t n, const char *file, int line)
     return p;
 }
 
-void om_free_cb(void *p, const char *file, int line)
+/*
+ * OpenSSL's malloc. The fast path (a small request, a thread cache with a
+ * chunk of the class) touches only the thread's own cache and counters and
+ * the chunk's header.
+ */
+void *om_malloc_cb(size_t n, const char *file, int line)
 {
-    if (!p)
-        return;
+    struct om_tc *tc = om_tls_tc;
+    if (OM_UNLIKELY((uintptr_t)tc <= (uintptr_t)OM_TC_DEAD || n > OM_SMALL_MAX))
+        return malloc_slow(n, file, line);
+    unsigned cls = om_size_class(n);
+    uint32_t k = tc->n[cls];
+    if (OM_UNLIKELY(k == 0))
+        return malloc_slow(n, file, line);
+    om_op_begin(tc);
+    struct om_chunk *h = tc->slot[cls][k - 1];
+    tc->n[cls] = k - 1;
+    uint8_t tag = tc->tag;
+    om_hdr_store(h, (uint32_t)n, om_site_id(file, line), 0, om_g.owner, (uint8_t)cls, tag,
+                 OM_ST_LIVE, 0);
+    OM_CTR_ADD(tc->st.tag_allocs[tag], 1);
+    OM_CTR_ADD(tc->st.tag_chunks[tag], 1);
+    OM_CTR_ADD(tc->st.tag_bytes[tag], (int64_t)n);
+    om_stat_live(tc, (int64_t)n);
+    om_op_end(tc);
+    return om_user(h);
+}
+
+/* Slow path of om_free_cb(): large chunks, bad pointers, the orphan cache. */
+static OM_COLD void free_slow(void *p, const char *file, int line)
+{
     struct found f;
     enum where w = locate(p, &f, file, line);
     if (OM_UNLIKELY(w != W_SMALL && w != W_LARGE) || OM_UNLIKELY(f.h->state != OM_ST_LIVE)) {
@@ -148,6 +177,61 @@ void om_free_cb(void *p, const char *file, int line)
     release(tc, f.h, f.size, om_site_id(file, line), w == W_LARGE);
     om_op_end(tc);
     om_tc_leave(tc);
+}
+
+/*
+ * OpenSSL's free. The fast path takes a pointer inside the private region
+ * whose header is live and passes its keyed check: the check covers the
+ * header's address, so a pointer that is not a chunk start would need 16
+ * bytes in front of it that forge a live header for that very address
+ * under this process's secret cookie. Everything else (large chunks, NULL
+ * aside, double frees, interior and foreign pointers, damaged headers)
+ * goes through free_slow(), which classifies by address arithmetic and
+ * reports.
+ */
+void om_free_cb(void *p, const char *file, int line)
+{
+    if (!p)
+        return;
+    struct om_tc *tc = om_tls_tc;
+    uintptr_t a = (uintptr_t)p;
+    /* the first segment is committed at init, so used >= OM_SEG_SIZE and the header of
+       any pointer in [region + one slot, region + used) is committed memory */
+    if (OM_UNLIKELY((uintptr_t)tc <= (uintptr_t)OM_TC_DEAD || (a & 15) != 0 ||
+                    a - (uintptr_t)om_g.region - OM_SLOT_SIZE >=
+                        atomic_load_explicit(&om_g.region_used, memory_order_relaxed) -
+                            OM_SLOT_SIZE))
+        return free_slow(p, file, line);
+    struct om_chunk *h = om_hdr(p);
+    uint64_t w0, w1;
+    om_hdr_load(h, &w0, &w1);
+    if (OM_UNLIKELY((uint8_t)(w1 >> 32) != OM_ST_LIVE || !om_hdr_valid(h, w0, w1)))
+        return free_slow(p, file, line);
+    unsigned cls = (uint8_t)(w1 >> 16);
+    uint8_t tag = (uint8_t)(w1 >> 24);
+    uint32_t size = (uint32_t)w0;
+    OM_ASSERT(cls < OM_NCLS);
+    om_op_begin(tc);
+    uint16_t fsite = om_site_id(file, line);
+    OM_CTR_ADD(tc->st.frees, 1);
+    OM_CTR_ADD(tc->st.tag_chunks[tag], -1);
+    OM_CTR_ADD(tc->st.tag_bytes[tag], -(int64_t)size);
+    om_stat_live(tc, -(int64_t)size);
+    uint32_t usable = om_cls[cls].size;
+    if (om_g.opt.zero)
+        om_wipe(p, usable);
+    uint16_t sitemix = om_mix16(fsite, om_g.site_key);
+    h->fsite = fsite;
+    if (om_g.opt.quarantine) {
+        h->state = OM_ST_QUAR;
+        h->check ^= om_g.k_free_quar ^ sitemix;
+        om_quar_push(tc, h, usable);
+    } else {
+        h->state = OM_ST_FREED;
+        h->check ^= om_g.k_free_freed ^ sitemix;
+        om_pool_release(tc, h);
+    }
+    om_op_end(tc);
 }
 
 /*

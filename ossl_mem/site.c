@@ -30,7 +30,7 @@ int om_site_init(void)
 }
 
 /* The id of site <file>:<line>, registering it on first use; never fails. */
-uint16_t om_site_id(const char *file, int line)
+uint16_t om_site_id_slow(const char *file, int line)
 {
     if (!file) {
         if (line == 0)

@@ -96,54 +96,28 @@ void om_stat_flush(struct om_tc *tc)
         ;
 }
 
-/*
- * Takes the oldest chunk out of the quarantine and makes it reusable. A
- * header that no longer checks was written after the free: the chunk is
- * reported and kept out of circulation rather than trusted.
- */
+/* Maps the thread's quarantine ring on first use. Returns false when out of memory. */
+bool om_quar_init(struct om_tc *tc)
+{
+    int saved = errno;
+    void *m = mmap(NULL, OM_QUAR_ENTRIES * sizeof(void *), PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    errno = saved;
+    if (m == MAP_FAILED)
+        return false;
+    tc->quar.ring = m;
+    tc->quar.mask = OM_QUAR_ENTRIES - 1;
+    return true;
+}
+
+/* Takes the oldest chunk out of the quarantine into the cache. */
 static void quar_evict(struct om_tc *tc)
 {
     struct om_quar *q = &tc->quar;
     struct om_chunk *h = q->ring[q->head++ & q->mask];
-    uint64_t w0, w1;
-    om_hdr_load(h, &w0, &w1);
-    unsigned cls = om_run_class(h);
-    q->bytes -= om_cls[cls].size;
-    if (OM_UNLIKELY(!om_hdr_valid(h, w0, w1) || h->state != OM_ST_QUAR || h->cls != cls)) {
-        om_fault(OM_F_UAF_WRITE, om_user(h), NULL, NULL, 0,
-                 "header of a quarantined chunk was overwritten after free; chunk withdrawn");
-        return;
-    }
+    q->bytes -= om_cls[h->cls].size;
     om_hdr_restate(h, OM_ST_FREED, h->fsite);
     om_pool_release(tc, h);
-}
-
-/*
- * Puts freed chunk <h> (state OM_ST_QUAR, already wiped) into the thread's
- * quarantine and releases the oldest chunks beyond the byte budget. With a
- * zero budget, or when the ring cannot be mapped, the chunk is released at
- * once.
- */
-void om_quar_push(struct om_tc *tc, struct om_chunk *h)
-{
-    struct om_quar *q = &tc->quar;
-    if (OM_UNLIKELY(!q->ring)) {
-        int saved = errno;
-        void *m = mmap(NULL, OM_QUAR_ENTRIES * sizeof(void *), PROT_READ | PROT_WRITE,
-                       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-        errno = saved;
-        if (m == MAP_FAILED) {
-            om_hdr_restate(h, OM_ST_FREED, h->fsite);
-            om_pool_release(tc, h);
-            return;
-        }
-        q->ring = m;
-        q->mask = OM_QUAR_ENTRIES - 1;
-    }
-    q->ring[q->tail++ & q->mask] = h;
-    q->bytes += om_cls[h->cls].size;
-    while (q->bytes > om_g.opt.quarantine || q->tail - q->head > q->mask)
-        quar_evict(tc);
 }
 
 /* Empties the quarantine and every class cache of <tc> into the central stores. */
