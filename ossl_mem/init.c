@@ -159,6 +159,7 @@ int ossl_mem_init(const struct ossl_mem_config *cfg)
     om_g.state_key = (om_g.cookie * 0xBF58476D1CE4E5B9ull) | 1;
     om_g.site_key = ((om_g.cookie >> 17 | om_g.cookie << 47) * 0x94D049BB133111EBull) | 1;
     uint16_t live = om_mix16(OM_ST_LIVE, om_g.state_key), nosite = om_mix16(0, om_g.site_key);
+    om_g.k_live = live ^ nosite;
     om_g.k_free_quar = live ^ om_mix16(OM_ST_QUAR, om_g.state_key) ^ nosite;
     om_g.k_free_freed = live ^ om_mix16(OM_ST_FREED, om_g.state_key) ^ nosite;
     om_g.k_quar_freed = om_mix16(OM_ST_QUAR, om_g.state_key) ^ om_mix16(OM_ST_FREED, om_g.state_key);
@@ -217,16 +218,12 @@ int ossl_mem_get_stats(struct ossl_mem_stats *st)
         return OSSL_MEM_E_NOT_INIT;
     struct om_tstat sum;
     om_stats_sum(&sum, &st->quarantine_bytes, &st->quarantine_chunks, &st->threads);
-    int64_t live = 0, chunks = 0;
-    for (unsigned t = 0; t < OSSL_MEM_MAX_TAGS; t++) {
-        live += sum.tag_bytes[t];
-        chunks += sum.tag_chunks[t];
+    for (unsigned t = 0; t < OSSL_MEM_MAX_TAGS; t++)
         st->allocs += sum.tag_allocs[t];
-    }
-    st->live_bytes = live > 0 ? (uint64_t)live : 0;
-    st->live_chunks = chunks > 0 ? (uint64_t)chunks : 0;
+    st->live_bytes = sum.live > 0 ? (uint64_t)sum.live : 0;
+    st->live_chunks = st->allocs > sum.frees ? st->allocs - sum.frees : 0;
     int64_t peak = atomic_load(&om_g.peak);
-    st->peak_bytes = (uint64_t)(peak > live ? peak : live);
+    st->peak_bytes = (uint64_t)(peak > sum.live ? peak : sum.live);
     st->frees = sum.frees;
     st->reallocs = sum.reallocs;
     st->failed_allocs = sum.failed;
@@ -240,24 +237,3 @@ int ossl_mem_get_stats(struct ossl_mem_stats *st)
     return 0;
 }
 
-int ossl_mem_get_tag_stats(const char *tag, struct ossl_mem_tag_stats *st)
-{
-    if (!st || !tag)
-        return OSSL_MEM_E_INVAL;
-    memset(st, 0, sizeof *st);
-    if (!om_g.ready)
-        return OSSL_MEM_E_NOT_INIT;
-    unsigned n = atomic_load(&om_g.ntags), t;
-    for (t = 0; t < n; t++)
-        if (strcmp(om_g.tag_names[t], tag) == 0)
-            break;
-    if (t == n)
-        return OSSL_MEM_E_INVAL;
-    struct om_tstat sum;
-    uint64_t qb, qc, th;
-    om_stats_sum(&sum, &qb, &qc, &th);
-    st->live_bytes = sum.tag_bytes[t] > 0 ? (uint64_t)sum.tag_bytes[t] : 0;
-    st->live_chunks = sum.tag_chunks[t] > 0 ? (uint64_t)sum.tag_chunks[t] : 0;
-    st->allocs = sum.tag_allocs[t];
-    return 0;
-}

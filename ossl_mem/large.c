@@ -114,7 +114,7 @@ void *om_large_alloc(struct om_tc *tc, size_t size, uint16_t site, uint8_t tag)
     errno = saved;
     struct om_chunk *h = m;
     uint32_t hsize = size >= UINT32_MAX ? UINT32_MAX : (uint32_t)size;
-    om_hdr_store(h, hsize, site, 0, om_g.owner, OM_CLS_LARGE, tag, OM_ST_LIVE, 0);
+    om_hdr_store_live(h, hsize, site, om_g.owner, OM_CLS_LARGE, tag);
 
     pthread_mutex_lock(&large_lock);
     struct large_ent *e = tab_insert((uintptr_t)om_user(h));

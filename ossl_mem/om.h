@@ -132,20 +132,23 @@ struct om_central {
 
 #define OM_TC_CAP       64
 
-/* Counters owned by one thread (written by it alone, read by any). */
+/*
+ * Counters owned by one thread (written by it alone, read by any). Per-tag
+ * live figures are not counted here but found by walking the headers
+ * (every header names its tag), which keeps the hot path to three counters.
+ */
 struct om_tstat {
-    int64_t tag_bytes[OSSL_MEM_MAX_TAGS];   /* live requested bytes per tag */
-    int64_t tag_chunks[OSSL_MEM_MAX_TAGS];  /* live chunks per tag */
     uint64_t tag_allocs[OSSL_MEM_MAX_TAGS]; /* chunks created per tag */
     uint64_t frees;                         /* chunks released */
     uint64_t reallocs;                      /* realloc calls */
     uint64_t failed;                        /* allocations that returned NULL */
-    int64_t pending;                        /* live-byte delta not yet added to om_g.live */
+    int64_t live;                           /* this thread's share of live requested bytes */
+    int64_t flushed;                        /* part of <live> already added to om_g.live */
 };
 
 /* Per-thread quarantine: a FIFO ring of freed chunks, bounded in bytes. */
 struct om_quar {
-    struct om_chunk **ring; /* mapped on first use */
+    uint64_t *ring;         /* chunk address | class << 48; mapped on first use */
     uint32_t head;          /* oldest entry */
     uint32_t tail;          /* next free entry */
     uint32_t mask;          /* ring size - 1 */
@@ -194,12 +197,12 @@ enum om_fault {
 
 struct om_global {
     bool ready;                     /* ossl_mem_init() succeeded */
-    bool fence_needed;              /* no membarrier(2): threads fence themselves at each op */
-    uint8_t forking;                /* set by the fork prepare handler: new ops wait */
+    uint8_t gate;                   /* OM_GATE_*: any bit sends om_op_begin() to its slow path */
     struct om_opts opt;             /* parsed options */
     uint64_t cookie;                /* random key of header checks */
     uint64_t state_key;             /* odd key mixing the state into the check */
     uint64_t site_key;              /* odd key mixing the free site into the check */
+    uint16_t k_live;                /* state and free-site part of a live header's check */
     uint16_t k_free_quar;           /* check change of a free: live -> quarantined, no free site */
     uint16_t k_free_freed;          /* check change of a free: live -> freed, no free site */
     uint16_t k_quar_freed;          /* check change of leaving the quarantine */
@@ -247,6 +250,9 @@ extern __thread struct om_tc *om_tls_tc __attribute__((tls_model("initial-exec")
 
 #define OM_TC_DEAD ((struct om_tc *)1)
 
+#define OM_GATE_FORKING 0x1 /* the fork prepare handler runs: new operations wait */
+#define OM_GATE_FENCE   0x2 /* no membarrier(2): each operation fences itself */
+
 /* ------------------------------------------------------------------ */
 /* Inline helpers                                                      */
 /* ------------------------------------------------------------------ */
@@ -265,20 +271,25 @@ static inline uint16_t om_mix16(uint64_t v, uint64_t key)
     return (uint16_t)(((v + 1) * key) >> 48);
 }
 
-/*
- * The 16-bit keyed check of header <h> whose other fields are in <w0>,
- * <w1>. The state and the free site enter through a XOR of their own mixes,
- * so om_hdr_restate() can change them on the free path without hashing the
- * whole header again; everything else, the header's address and the cookie
- * go through a full 64-bit mix.
- */
-static inline uint16_t om_check16(const struct om_chunk *h, uint64_t w0, uint64_t w1)
+/* The part of the check that covers everything but the state and the free site. */
+static inline uint16_t om_check_base(const struct om_chunk *h, uint64_t w0, uint64_t w1)
 {
     uint64_t x = ((w0 & 0xFFFFFFFFFFFFull) ^ om_g.cookie) * 0x9E3779B97F4A7C15ull;
     x ^= ((w1 & 0xFF00FFFFFFFFull) + (uint64_t)(uintptr_t)h) * 0xC2B2AE3D27D4EB4Full;
-    x ^= x >> 31;
-    x *= 0xD6E8FEB86659FD93ull;
-    return (uint16_t)(x >> 48) ^ om_mix16((w1 >> 32) & 0xFF, om_g.state_key) ^
+    return (uint16_t)(x >> 48);
+}
+
+/*
+ * The 16-bit keyed check of header <h> whose other fields are in <w0>,
+ * <w1>: a keyed multiplicative hash of the fields, the header's address and
+ * the cookie, XORed with keyed mixes of the state and the free site so that
+ * the free path can change those two by XOR (om_hdr_restate) instead of
+ * rehashing. A live header always has free site 0, so its check is
+ * om_check_base() ^ om_g.k_live.
+ */
+static inline uint16_t om_check16(const struct om_chunk *h, uint64_t w0, uint64_t w1)
+{
+    return om_check_base(h, w0, w1) ^ om_mix16((w1 >> 32) & 0xFF, om_g.state_key) ^
            om_mix16(w0 >> 48, om_g.site_key);
 }
 
@@ -304,6 +315,18 @@ static inline void om_hdr_store(struct om_chunk *h, uint32_t size, uint16_t asit
     uint64_t w1 = (uint64_t)owner | (uint64_t)cls << 16 | (uint64_t)tag << 24 |
                   (uint64_t)state << 32 | (uint64_t)flags << 40;
     w1 |= (uint64_t)om_check16(h, w0, w1) << 48;
+    memcpy(h, &w0, 8);
+    memcpy((char *)h + 8, &w1, 8);
+}
+
+/* Writes the header of a chunk being handed out (state live, no free site). */
+static inline void om_hdr_store_live(struct om_chunk *h, uint32_t size, uint16_t asite,
+                                     uint16_t owner, uint8_t cls, uint8_t tag)
+{
+    uint64_t w0 = (uint64_t)size | (uint64_t)asite << 32;
+    uint64_t w1 = (uint64_t)owner | (uint64_t)cls << 16 | (uint64_t)tag << 24 |
+                  (uint64_t)OM_ST_LIVE << 32;
+    w1 |= (uint64_t)(uint16_t)(om_check_base(h, w0, w1) ^ om_g.k_live) << 48;
     memcpy(h, &w0, 8);
     memcpy((char *)h + 8, &w1, 8);
 }
@@ -361,6 +384,7 @@ static inline void om_wipe(void *p, size_t n)
 #define OM_CTR_ADD(c, v) \
     __atomic_store_n(&(c), __atomic_load_n(&(c), __ATOMIC_RELAXED) + (v), __ATOMIC_RELAXED)
 #define OM_CTR_GET(c) __atomic_load_n(&(c), __ATOMIC_RELAXED)
+#define OM_CTR_SET(c, v) __atomic_store_n(&(c), (v), __ATOMIC_RELAXED)
 
 /* ------------------------------------------------------------------ */
 /* Internal functions (om_ prefix: shared between files, never exported) */
@@ -413,12 +437,14 @@ OM_HIDDEN struct om_tc *om_tc_enter_slow(void);
 OM_HIDDEN void om_tc_flush_class(struct om_tc *tc, unsigned cls, unsigned keep);
 OM_HIDDEN void om_tc_refill(struct om_tc *tc, unsigned cls);
 OM_HIDDEN bool om_quar_init(struct om_tc *tc);
+OM_HIDDEN void om_quar_evict_more(struct om_tc *tc);
 OM_HIDDEN void om_stat_flush(struct om_tc *tc);
 OM_HIDDEN void om_op_wait(struct om_tc *tc);
 OM_HIDDEN void om_tc_fork_prepare(void);
 OM_HIDDEN void om_tc_fork_parent(void);
 OM_HIDDEN void om_tc_fork_child(void);
 
+OM_HIDDEN void om_tag_walk(uint64_t bytes[OSSL_MEM_MAX_TAGS], uint64_t chunks[OSSL_MEM_MAX_TAGS]);
 OM_HIDDEN void om_stats_sum(struct om_tstat *sum, uint64_t *qbytes, uint64_t *qchunks,
                            uint64_t *threads);
 
@@ -438,8 +464,8 @@ static inline uint16_t om_site_id(const char *file, int line)
 {
     uint64_t key = (uint64_t)(uintptr_t)file | (uint64_t)(uint32_t)line << 47;
     uint32_t i = (uint32_t)((key * 0x9E3779B97F4A7C15ull) >> 48);
-    if (OM_LIKELY(i >= 2 && file && (uintptr_t)file >> 47 == 0 && (uint32_t)line < (1u << 17) &&
-                  atomic_load_explicit(&om_g.sites[i], memory_order_relaxed) == key))
+    /* slots 0 and 1 hold 0, which only the key of (NULL, 0), site 0, matches */
+    if (OM_LIKELY(atomic_load_explicit(&om_g.sites[i], memory_order_relaxed) == key))
         return (uint16_t)i;
     return om_site_id_slow(file, line);
 }
@@ -463,19 +489,16 @@ static inline void om_tc_leave(struct om_tc *tc)
  * Brackets every change of allocator state by a thread (header writes,
  * cache and quarantine updates), so that fork() never copies a half-done
  * operation of a thread that will not exist in the child. The fork prepare
- * handler raises om_g.forking, makes every thread see it (membarrier(2), so
+ * handler raises OM_GATE_FORKING, makes every thread see it (membarrier(2), so
  * this fast path needs no fence of its own) and waits until no thread is
- * busy; a thread that finds om_g.forking raised waits until the fork is
+ * busy; a thread that finds the gate raised waits until the fork is
  * over. The orphan cache is serialised by its mutex, which fork takes.
  */
 static inline void om_op_begin(struct om_tc *tc)
 {
     __atomic_store_n(&tc->busy, 1, __ATOMIC_RELAXED);
-    if (OM_UNLIKELY(om_g.fence_needed))
-        __atomic_thread_fence(__ATOMIC_SEQ_CST);
-    else
-        __atomic_signal_fence(__ATOMIC_SEQ_CST);
-    if (OM_UNLIKELY(__atomic_load_n(&om_g.forking, __ATOMIC_RELAXED)))
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    if (OM_UNLIKELY(__atomic_load_n(&om_g.gate, __ATOMIC_RELAXED)))
         om_op_wait(tc);
 }
 
@@ -484,50 +507,85 @@ static inline void om_op_end(struct om_tc *tc)
     __atomic_store_n(&tc->busy, 0, __ATOMIC_RELEASE);
 }
 
-/* Returns a freed chunk to the thread cache, spilling half of a full cache. */
-static inline void om_pool_release(struct om_tc *tc, struct om_chunk *h)
+/* Returns freed chunk <h> of class <cls> to the thread cache, spilling half of a full cache. */
+static inline void om_pool_release_cls(struct om_tc *tc, struct om_chunk *h, unsigned cls)
 {
-    unsigned cls = h->cls;
     if (OM_UNLIKELY(tc->n[cls] >= om_cls[cls].tc_cap))
         om_tc_flush_class(tc, cls, om_cls[cls].tc_cap / 2);
     tc->slot[cls][tc->n[cls]++] = h;
 }
 
+static inline void om_pool_release(struct om_tc *tc, struct om_chunk *h)
+{
+    om_pool_release_cls(tc, h, h->cls);
+}
+
+/*
+ * Moves the oldest quarantined chunk into the thread cache, marked freed;
+ * this also brings its header into the cache just before the chunk is
+ * handed out again. The next chunks to leave are prefetched.
+ */
+static inline void om_quar_evict_one(struct om_tc *tc)
+{
+    struct om_quar *q = &tc->quar;
+    /* the ring holds the class too: no load from the leaving chunk is on the way */
+    __builtin_prefetch((void *)(uintptr_t)(q->ring[(q->head + 6) & q->mask] & 0xFFFFFFFFFFFFull),
+                       1, 3);
+    uint64_t e = q->ring[q->head++ & q->mask];
+    struct om_chunk *o = (struct om_chunk *)(uintptr_t)(e & 0xFFFFFFFFFFFFull);
+    unsigned cls = (unsigned)(e >> 48);
+    q->bytes -= om_cls[cls].size;
+    o->state = OM_ST_FREED;
+    o->check ^= om_g.k_quar_freed;
+    om_pool_release_cls(tc, o, cls);
+}
+
 /*
  * Puts freed chunk <h> (wiped, state OM_ST_QUAR) of <usable> bytes into the
  * thread's quarantine, and makes the oldest chunks beyond the byte budget
- * reusable: they go to the thread cache marked freed, which also brings
- * their header into the cache just before the chunk is handed out again.
+ * reusable.
  */
-static inline void om_quar_push(struct om_tc *tc, struct om_chunk *h, uint32_t usable)
+static inline void om_quar_push(struct om_tc *tc, struct om_chunk *h, unsigned cls,
+                                uint32_t usable)
 {
     struct om_quar *q = &tc->quar;
     if (OM_UNLIKELY(!q->ring) && !om_quar_init(tc)) {
         h->state = OM_ST_FREED;
         h->check ^= om_g.k_quar_freed;
-        om_pool_release(tc, h);
+        om_pool_release_cls(tc, h, cls);
         return;
     }
-    q->ring[q->tail++ & q->mask] = h;
+    q->ring[q->tail++ & q->mask] = (uint64_t)(uintptr_t)h | (uint64_t)cls << 48;
     q->bytes += usable;
-    while (q->bytes > om_g.opt.quarantine || q->tail - q->head > q->mask) {
-        /* the chunks leave in order: fetch the header of one a few places behind */
-        __builtin_prefetch(q->ring[(q->head + 6) & q->mask], 1, 3);
-        struct om_chunk *o = q->ring[q->head++ & q->mask];
-        q->bytes -= om_cls[o->cls].size;
-        o->state = OM_ST_FREED;
-        o->check ^= om_g.k_quar_freed;
-        om_pool_release(tc, o);
+    /* in the steady state exactly one chunk leaves per free: keep that branch predictable */
+    if (OM_LIKELY(q->bytes > om_g.opt.quarantine || q->tail - q->head > q->mask)) {
+        om_quar_evict_one(tc);
+        if (OM_UNLIKELY(q->bytes > om_g.opt.quarantine))
+            om_quar_evict_more(tc);
     }
 }
 
 /* Accounts a live-byte change of <d> in thread <tc>; flushes to the global peak now and then. */
 static inline void om_stat_live(struct om_tc *tc, int64_t d)
 {
-    int64_t p = tc->st.pending + d;
-    tc->st.pending = p;
-    if (OM_UNLIKELY(p >= 4096 || p <= -4096))
+    int64_t l = tc->st.live + d;
+    OM_CTR_SET(tc->st.live, l);
+    if (OM_UNLIKELY((uint64_t)(l - tc->st.flushed + 4095) > 8190))
         om_stat_flush(tc);
+}
+
+/* Counts a chunk of <n> bytes created under <tag>. */
+static inline void om_stat_alloc(struct om_tc *tc, uint8_t tag, size_t n)
+{
+    OM_CTR_ADD(tc->st.tag_allocs[tag], 1);
+    om_stat_live(tc, (int64_t)n);
+}
+
+/* Counts a chunk of <n> bytes released. */
+static inline void om_stat_free(struct om_tc *tc, size_t n)
+{
+    OM_CTR_ADD(tc->st.frees, 1);
+    om_stat_live(tc, -(int64_t)n);
 }
 
 #endif /* OM_H */

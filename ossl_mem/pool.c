@@ -203,7 +203,7 @@ void *om_pool_alloc(struct om_tc *tc, size_t size, uint16_t site, uint8_t tag)
             return NULL;
     }
     struct om_chunk *h = tc->slot[cls][--tc->n[cls]];
-    om_hdr_store(h, (uint32_t)size, site, 0, om_g.owner, (uint8_t)cls, tag, OM_ST_LIVE, 0);
+    om_hdr_store_live(h, (uint32_t)size, site, om_g.owner, (uint8_t)cls, tag);
     return om_user(h);
 }
 

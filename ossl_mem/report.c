@@ -33,6 +33,9 @@ struct agg {
     uint16_t order[OM_NSITES];          /* sites with live chunks, sorted */
     uint32_t nsites;                    /* entries in <order> */
     uint64_t nlive;                     /* live chunks seen by the walk */
+    uint64_t tag_bytes[OSSL_MEM_MAX_TAGS];  /* live bytes per tag */
+    uint64_t tag_chunks[OSSL_MEM_MAX_TAGS]; /* live chunks per tag */
+    uint64_t tag_allocs[OSSL_MEM_MAX_TAGS]; /* chunks created per tag */
     struct live_ent shown[MAX_CHUNKS];  /* the first live chunks */
 };
 
@@ -47,10 +50,67 @@ static void collect(struct om_chunk *h, size_t usable, void *arg)
     uint16_t site = (uint16_t)(w0 >> 32);
     a->bytes[site] += (uint32_t)w0;
     a->count[site]++;
+    uint8_t tag = (uint8_t)(w1 >> 24);
+    if (tag < OSSL_MEM_MAX_TAGS) {
+        a->tag_bytes[tag] += (uint32_t)w0;
+        a->tag_chunks[tag]++;
+    }
     if (a->nlive < MAX_CHUNKS)
         a->shown[a->nlive] = (struct live_ent){(uintptr_t)(h + 1), (uint32_t)w0, site,
                                                (uint8_t)(w1 >> 24)};
     a->nlive++;
+}
+
+struct tag_walk {
+    uint64_t *bytes;    /* live bytes per tag */
+    uint64_t *chunks;   /* live chunks per tag */
+};
+
+static void tag_collect(struct om_chunk *h, size_t usable, void *arg)
+{
+    (void)usable;
+    struct tag_walk *w = arg;
+    uint64_t w0, w1;
+    om_hdr_load(h, &w0, &w1);
+    uint8_t tag = (uint8_t)(w1 >> 24);
+    if ((uint8_t)(w1 >> 32) != OM_ST_LIVE || tag >= OSSL_MEM_MAX_TAGS || !om_hdr_valid(h, w0, w1))
+        return;
+    w->bytes[tag] += (uint32_t)w0;
+    w->chunks[tag]++;
+}
+
+/* Live bytes and chunks per tag, found by walking every header we own. */
+void om_tag_walk(uint64_t bytes[OSSL_MEM_MAX_TAGS], uint64_t chunks[OSSL_MEM_MAX_TAGS])
+{
+    struct tag_walk w = {bytes, chunks};
+    memset(bytes, 0, OSSL_MEM_MAX_TAGS * sizeof bytes[0]);
+    memset(chunks, 0, OSSL_MEM_MAX_TAGS * sizeof chunks[0]);
+    om_pool_walk(tag_collect, &w);
+    om_large_walk(tag_collect, &w);
+}
+
+int ossl_mem_get_tag_stats(const char *tag, struct ossl_mem_tag_stats *st)
+{
+    if (!st || !tag)
+        return OSSL_MEM_E_INVAL;
+    memset(st, 0, sizeof *st);
+    if (!om_g.ready)
+        return OSSL_MEM_E_NOT_INIT;
+    unsigned n = atomic_load(&om_g.ntags), t;
+    for (t = 0; t < n; t++)
+        if (strcmp(om_g.tag_names[t], tag) == 0)
+            break;
+    if (t == n)
+        return OSSL_MEM_E_INVAL;
+    uint64_t bytes[OSSL_MEM_MAX_TAGS], chunks[OSSL_MEM_MAX_TAGS];
+    om_tag_walk(bytes, chunks);
+    struct om_tstat sum;
+    uint64_t qb, qc, th;
+    om_stats_sum(&sum, &qb, &qc, &th);
+    st->live_bytes = bytes[t];
+    st->live_chunks = chunks[t];
+    st->allocs = sum.tag_allocs[t];
+    return 0;
 }
 
 static int by_bytes(const void *x, const void *y, void *arg)
@@ -109,13 +169,10 @@ static void report_text(FILE *out, const struct ossl_mem_stats *st, struct agg *
                                                         : "installed in OpenSSL");
     fprintf(out, "tags:\n");
     unsigned nt = atomic_load(&om_g.ntags);
-    for (unsigned t = 0; t < nt; t++) {
-        struct ossl_mem_tag_stats ts;
-        if (ossl_mem_get_tag_stats(om_g.tag_names[t], &ts) == 0)
-            fprintf(out, "  %-20s %10s live in %" PRIu64 " chunks, %" PRIu64 " allocs\n",
-                    om_g.tag_names[t], human(ts.live_bytes, b1, sizeof b1), ts.live_chunks,
-                    ts.allocs);
-    }
+    for (unsigned t = 0; t < nt; t++)
+        fprintf(out, "  %-20s %10s live in %" PRIu64 " chunks, %" PRIu64 " allocs\n",
+                om_g.tag_names[t], human(a->tag_bytes[t], b1, sizeof b1), a->tag_chunks[t],
+                a->tag_allocs[t]);
     fprintf(out, "top allocation sites by live bytes:\n");
     for (uint32_t i = 0; i < a->nsites && i < TOP_SITES; i++) {
         uint16_t s = a->order[i];
@@ -145,12 +202,11 @@ static void report_json(FILE *out, const struct ossl_mem_stats *st, struct agg *
     fprintf(out, "\n  },\n  \"tags\": [");
     unsigned nt = atomic_load(&om_g.ntags);
     for (unsigned t = 0; t < nt; t++) {
-        struct ossl_mem_tag_stats ts = {0};
-        ossl_mem_get_tag_stats(om_g.tag_names[t], &ts);
         fprintf(out, "%s\n    {\"name\": ", t ? "," : "");
         json_str(out, om_g.tag_names[t]);
         fprintf(out, ", \"live_bytes\": %" PRIu64 ", \"live_chunks\": %" PRIu64
-                ", \"allocs\": %" PRIu64 "}", ts.live_bytes, ts.live_chunks, ts.allocs);
+                ", \"allocs\": %" PRIu64 "}", a->tag_bytes[t], a->tag_chunks[t],
+                a->tag_allocs[t]);
     }
     fprintf(out, "\n  ],\n  \"top_sites\": [");
     for (uint32_t i = 0; i < a->nsites && i < TOP_SITES; i++) {
@@ -189,6 +245,10 @@ int ossl_mem_report(FILE *out, int format)
     }
     om_pool_walk(collect, a);
     om_large_walk(collect, a);
+    struct om_tstat sum;
+    uint64_t qb, qc, th;
+    om_stats_sum(&sum, &qb, &qc, &th);
+    memcpy(a->tag_allocs, sum.tag_allocs, sizeof a->tag_allocs);
     for (uint32_t s = 0; s < OM_NSITES; s++)
         if (a->count[s])
             a->order[a->nsites++] = (uint16_t)s;

@@ -88,10 +88,7 @@ static void *alloc_in(struct om_tc *tc, size_t n, uint16_t site, uint8_t tag)
         errno = ENOMEM;
         return NULL;
     }
-    OM_CTR_ADD(tc->st.tag_allocs[tag], 1);
-    OM_CTR_ADD(tc->st.tag_chunks[tag], 1);
-    OM_CTR_ADD(tc->st.tag_bytes[tag], (int64_t)n);
-    om_stat_live(tc, (int64_t)n);
+    om_stat_alloc(tc, tag, n);
     return p;
 }
 
@@ -103,11 +100,7 @@ static void *alloc_in(struct om_tc *tc, size_t n, uint16_t site, uint8_t tag)
 static void release(struct om_tc *tc, struct om_chunk *h, size_t size, uint16_t fsite,
                     bool large)
 {
-    uint8_t tag = h->tag;
-    OM_CTR_ADD(tc->st.frees, 1);
-    OM_CTR_ADD(tc->st.tag_chunks[tag], -1);
-    OM_CTR_ADD(tc->st.tag_bytes[tag], -(int64_t)size);
-    om_stat_live(tc, -(int64_t)size);
+    om_stat_free(tc, size);
     if (large) {
         om_large_free(tc, h, fsite);
         return;
@@ -117,7 +110,7 @@ static void release(struct om_tc *tc, struct om_chunk *h, size_t size, uint16_t 
         om_wipe(om_user(h), usable);
     if (om_g.opt.quarantine) {
         om_hdr_restate(h, OM_ST_QUAR, fsite);
-        om_quar_push(tc, h, usable);
+        om_quar_push(tc, h, h->cls, usable);
     } else {
         om_hdr_restate(h, OM_ST_FREED, fsite);
         om_pool_release(tc, h);
@@ -153,12 +146,8 @@ void *om_malloc_cb(size_t n, const char *file, int line)
     struct om_chunk *h = tc->slot[cls][k - 1];
     tc->n[cls] = k - 1;
     uint8_t tag = tc->tag;
-    om_hdr_store(h, (uint32_t)n, om_site_id(file, line), 0, om_g.owner, (uint8_t)cls, tag,
-                 OM_ST_LIVE, 0);
-    OM_CTR_ADD(tc->st.tag_allocs[tag], 1);
-    OM_CTR_ADD(tc->st.tag_chunks[tag], 1);
-    OM_CTR_ADD(tc->st.tag_bytes[tag], (int64_t)n);
-    om_stat_live(tc, (int64_t)n);
+    om_hdr_store_live(h, (uint32_t)n, om_site_id(file, line), om_g.owner, (uint8_t)cls, tag);
+    om_stat_alloc(tc, tag, n);
     om_op_end(tc);
     return om_user(h);
 }
@@ -205,18 +194,16 @@ void om_free_cb(void *p, const char *file, int line)
     struct om_chunk *h = om_hdr(p);
     uint64_t w0, w1;
     om_hdr_load(h, &w0, &w1);
-    if (OM_UNLIKELY((uint8_t)(w1 >> 32) != OM_ST_LIVE || !om_hdr_valid(h, w0, w1)))
+    /* a live header has free site 0: its check is the base hash XOR k_live */
+    if (OM_UNLIKELY((uint8_t)(w1 >> 32) != OM_ST_LIVE ||
+                    (uint16_t)(w1 >> 48) != (om_check_base(h, w0, w1) ^ om_g.k_live)))
         return free_slow(p, file, line);
     unsigned cls = (uint8_t)(w1 >> 16);
-    uint8_t tag = (uint8_t)(w1 >> 24);
     uint32_t size = (uint32_t)w0;
     OM_ASSERT(cls < OM_NCLS);
     om_op_begin(tc);
     uint16_t fsite = om_site_id(file, line);
-    OM_CTR_ADD(tc->st.frees, 1);
-    OM_CTR_ADD(tc->st.tag_chunks[tag], -1);
-    OM_CTR_ADD(tc->st.tag_bytes[tag], -(int64_t)size);
-    om_stat_live(tc, -(int64_t)size);
+    om_stat_free(tc, size);
     uint32_t usable = om_cls[cls].size;
     if (om_g.opt.zero)
         om_wipe(p, usable);
@@ -225,11 +212,11 @@ void om_free_cb(void *p, const char *file, int line)
     if (om_g.opt.quarantine) {
         h->state = OM_ST_QUAR;
         h->check ^= om_g.k_free_quar ^ sitemix;
-        om_quar_push(tc, h, usable);
+        om_quar_push(tc, h, cls, usable);
     } else {
         h->state = OM_ST_FREED;
         h->check ^= om_g.k_free_freed ^ sitemix;
-        om_pool_release(tc, h);
+        om_pool_release_cls(tc, h, cls);
     }
     om_op_end(tc);
 }
@@ -267,9 +254,7 @@ void *om_realloc_cb(void *p, size_t n, const char *file, int line)
     void *q = p;
     OM_CTR_ADD(tc->st.reallocs, 1);
     if (n <= f.cap && (n > f.cap / 2 || (w == W_SMALL && h->cls == 0))) {
-        int64_t d = (int64_t)n - (int64_t)f.size;
-        OM_CTR_ADD(tc->st.tag_bytes[h->tag], d);
-        om_stat_live(tc, d);
+        om_stat_live(tc, (int64_t)n - (int64_t)f.size);
         h->size = n >= UINT32_MAX ? UINT32_MAX : (uint32_t)n;
         h->asite = site;
         om_hdr_seal(h);

@@ -46,7 +46,8 @@ static bool membarrier_ready(void)
 int om_tc_init(void)
 {
     int saved = errno;
-    om_g.fence_needed = !membarrier_ready();
+    if (!membarrier_ready())
+        om_g.gate |= OM_GATE_FENCE;
     errno = saved;
     pthread_mutex_init(&om_g.threads_lock, NULL);
     pthread_mutex_init(&om_g.orphan_lock, NULL);
@@ -86,11 +87,12 @@ void om_tc_flush_class(struct om_tc *tc, unsigned cls, unsigned keep)
     tc->n[cls] = keep;
 }
 
-/* Adds the thread's pending live-byte delta to the global figure and updates the peak. */
+/* Adds the thread's unflushed live-byte change to the global figure and updates the peak. */
 void om_stat_flush(struct om_tc *tc)
 {
-    int64_t live = atomic_fetch_add(&om_g.live, tc->st.pending) + tc->st.pending;
-    tc->st.pending = 0;
+    int64_t d = tc->st.live - tc->st.flushed;
+    int64_t live = atomic_fetch_add(&om_g.live, d) + d;
+    tc->st.flushed = tc->st.live;
     int64_t peak = atomic_load(&om_g.peak);
     while (live > peak && !atomic_compare_exchange_weak(&om_g.peak, &peak, live))
         ;
@@ -100,7 +102,7 @@ void om_stat_flush(struct om_tc *tc)
 bool om_quar_init(struct om_tc *tc)
 {
     int saved = errno;
-    void *m = mmap(NULL, OM_QUAR_ENTRIES * sizeof(void *), PROT_READ | PROT_WRITE,
+    void *m = mmap(NULL, OM_QUAR_ENTRIES * sizeof(uint64_t), PROT_READ | PROT_WRITE,
                    MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     errno = saved;
     if (m == MAP_FAILED)
@@ -110,21 +112,19 @@ bool om_quar_init(struct om_tc *tc)
     return true;
 }
 
-/* Takes the oldest chunk out of the quarantine into the cache. */
-static void quar_evict(struct om_tc *tc)
+/* Evicts until the quarantine is within its budget again (after a big chunk came in). */
+void om_quar_evict_more(struct om_tc *tc)
 {
     struct om_quar *q = &tc->quar;
-    struct om_chunk *h = q->ring[q->head++ & q->mask];
-    q->bytes -= om_cls[h->cls].size;
-    om_hdr_restate(h, OM_ST_FREED, h->fsite);
-    om_pool_release(tc, h);
+    while (q->head != q->tail && q->bytes > om_g.opt.quarantine)
+        om_quar_evict_one(tc);
 }
 
 /* Empties the quarantine and every class cache of <tc> into the central stores. */
 static void tc_drain(struct om_tc *tc)
 {
     while (tc->quar.ring && tc->quar.head != tc->quar.tail)
-        quar_evict(tc);
+        om_quar_evict_one(tc);
     tc->quar.bytes = 0;
     for (unsigned c = 0; c < OM_NCLS; c++)
         om_tc_flush_class(tc, c, 0);
@@ -133,11 +133,9 @@ static void tc_drain(struct om_tc *tc)
 /* Adds the counters of <from> to <to>. */
 static void tstat_add(struct om_tstat *to, const struct om_tstat *from)
 {
-    for (unsigned t = 0; t < OSSL_MEM_MAX_TAGS; t++) {
-        to->tag_bytes[t] += OM_CTR_GET(from->tag_bytes[t]);
-        to->tag_chunks[t] += OM_CTR_GET(from->tag_chunks[t]);
+    for (unsigned t = 0; t < OSSL_MEM_MAX_TAGS; t++)
         to->tag_allocs[t] += OM_CTR_GET(from->tag_allocs[t]);
-    }
+    to->live += OM_CTR_GET(from->live);
     to->frees += OM_CTR_GET(from->frees);
     to->reallocs += OM_CTR_GET(from->reallocs);
     to->failed += OM_CTR_GET(from->failed);
@@ -154,7 +152,7 @@ static void tc_retire_locked(struct om_tc *tc)
     if (tc->next)
         tc->next->prev = tc->prev;
     if (tc->quar.ring)
-        munmap(tc->quar.ring, OM_QUAR_ENTRIES * sizeof(void *));
+        munmap(tc->quar.ring, OM_QUAR_ENTRIES * sizeof(uint64_t));
     munmap(tc, sizeof *tc);
 }
 
@@ -203,12 +201,16 @@ void om_stats_sum(struct om_tstat *sum, uint64_t *qbytes, uint64_t *qchunks, uin
  * them, starts a new owner generation and gives the caches of threads
  * that do not exist in the child back to the central stores.
  */
-/* A thread met a fork in progress: step out of the way until it is over, then go on. */
+/*
+ * Slow path of om_op_begin(): fence when membarrier(2) is missing, and if a
+ * fork is in progress step out of its way until it is over, then go on.
+ */
 void om_op_wait(struct om_tc *tc)
 {
-    while (__atomic_load_n(&om_g.forking, __ATOMIC_ACQUIRE)) {
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    while (__atomic_load_n(&om_g.gate, __ATOMIC_ACQUIRE) & OM_GATE_FORKING) {
         __atomic_store_n(&tc->busy, 0, __ATOMIC_RELEASE);
-        while (__atomic_load_n(&om_g.forking, __ATOMIC_ACQUIRE))
+        while (__atomic_load_n(&om_g.gate, __ATOMIC_ACQUIRE) & OM_GATE_FORKING)
             sched_yield();
         __atomic_store_n(&tc->busy, 1, __ATOMIC_RELAXED);
         __atomic_thread_fence(__ATOMIC_SEQ_CST);
@@ -218,9 +220,10 @@ void om_op_wait(struct om_tc *tc)
 void om_tc_fork_prepare(void)
 {
     /* quiesce: no other thread may be half-way through changing a header or a cache */
-    __atomic_store_n(&om_g.forking, 1, __ATOMIC_SEQ_CST);
+    __atomic_fetch_or(&om_g.gate, OM_GATE_FORKING, __ATOMIC_SEQ_CST);
     int saved = errno;
-    if (om_g.fence_needed || syscall(__NR_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) != 0)
+    if ((om_g.gate & OM_GATE_FENCE) ||
+        syscall(__NR_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) != 0)
         __atomic_thread_fence(__ATOMIC_SEQ_CST);
     errno = saved;
     pthread_mutex_lock(&om_g.threads_lock);
@@ -235,7 +238,7 @@ void om_tc_fork_parent(void)
 {
     pthread_mutex_unlock(&om_g.orphan_lock);
     pthread_mutex_unlock(&om_g.threads_lock);
-    __atomic_store_n(&om_g.forking, 0, __ATOMIC_RELEASE);
+    __atomic_fetch_and(&om_g.gate, (uint8_t)~OM_GATE_FORKING, __ATOMIC_RELEASE);
 }
 
 void om_tc_fork_child(void)
@@ -253,5 +256,5 @@ void om_tc_fork_child(void)
     }
     uint16_t gen = (uint16_t)(om_g.owner + 1);
     om_g.owner = gen ? gen : 1;
-    __atomic_store_n(&om_g.forking, 0, __ATOMIC_RELEASE);
+    __atomic_fetch_and(&om_g.gate, (uint8_t)~OM_GATE_FORKING, __ATOMIC_RELEASE);
 }
