@@ -487,14 +487,21 @@ int main(int argc, char **argv)
     snprintf(ratio_hdr, sizeof(ratio_hdr), "vs %s", vars[base].label);
 
     int rw = strlen(ratio_hdr) > 8 ? (int)strlen(ratio_hdr) : 8;
-    printf("\n%-*s  %11s  %10s  %10s  %*s  %10s  %12s  %9s  %9s\n", lw, "variant", "median hs/s",
-           "min", "max", rw, ratio_hdr, "RSS KiB", "om peak KiB", "allocs/hs", "bad frees");
+    printf("\n%-*s  %11s  %10s  %10s  %*s  %7s  %10s  %12s  %9s  %9s\n", lw, "variant",
+           "median hs/s", "min", "max", rw, ratio_hdr, "paired", "RSS KiB", "om peak KiB",
+           "allocs/hs", "bad frees");
     int any_bad = 0;
+    double *pr = calloc((size_t)R, sizeof(*pr));
     for (int k = 0; k < nvars; k++) {
         const double *h = hs + k * R;
         double med = median(h, R);
-        printf("%-*s  %11.1f  %10.1f  %10.1f  %*.3f  %10.0f", lw, vars[k].label, med, dmin(h, R),
-               dmax(h, R), rw, med / base_med, median(rss + k * R, R));
+        /* paired: the median of this variant's rate over the base's rate in the same round,
+           which cancels the slow drift of a shared machine */
+        for (long r = 0; r < R && pr; r++)
+            pr[r] = h[r] / hs[base * R + r];
+        printf("%-*s  %11.1f  %10.1f  %10.1f  %*.3f  %7.3f  %10.0f", lw, vars[k].label, med,
+               dmin(h, R), dmax(h, R), rw, med / base_med, pr ? median(pr, R) : 0.0,
+               median(rss + k * R, R));
         if (vars[k].is_om)
             printf("  %12.0f  %9.1f  %9" PRIu64 "\n", median(peak + k * R, R) / 1024.0,
                    median(apl + k * R, R), bad_frees[k]);
@@ -502,8 +509,10 @@ int main(int argc, char **argv)
             printf("  %12s  %9s  %9s\n", "-", "-", "-");
         any_bad |= bad_frees[k] != 0;
     }
-    printf("(medians over %ld rounds; RSS = peak RSS of the child; om peak = ossl_mem "
-           "peak_bytes; allocs/hs = ossl_mem allocs per timed handshake)\n", R);
+    printf("(medians over %ld rounds; paired = median of per-round ratios; RSS = peak RSS of the "
+           "child; om peak = ossl_mem peak_bytes; allocs/hs = ossl_mem allocs per timed "
+           "handshake)\n", R);
+    free(pr);
     free(hs);
     free(rss);
     free(peak);
