@@ -437,7 +437,7 @@ OM_HIDDEN struct om_tc *om_tc_enter_slow(void);
 OM_HIDDEN void om_tc_flush_class(struct om_tc *tc, unsigned cls, unsigned keep);
 OM_HIDDEN void om_tc_refill(struct om_tc *tc, unsigned cls);
 OM_HIDDEN bool om_quar_init(struct om_tc *tc);
-OM_HIDDEN void om_quar_evict_more(struct om_tc *tc);
+OM_HIDDEN void om_quar_drain(struct om_tc *tc);
 OM_HIDDEN void om_stat_flush(struct om_tc *tc);
 OM_HIDDEN void om_op_wait(struct om_tc *tc);
 OM_HIDDEN void om_tc_fork_prepare(void);
@@ -557,12 +557,9 @@ static inline void om_quar_push(struct om_tc *tc, struct om_chunk *h, unsigned c
     }
     q->ring[q->tail++ & q->mask] = (uint64_t)(uintptr_t)h | (uint64_t)cls << 48;
     q->bytes += usable;
-    /* in the steady state exactly one chunk leaves per free: keep that branch predictable */
-    if (OM_LIKELY(q->bytes > om_g.opt.quarantine || q->tail - q->head > q->mask)) {
-        om_quar_evict_one(tc);
-        if (OM_UNLIKELY(q->bytes > om_g.opt.quarantine))
-            om_quar_evict_more(tc);
-    }
+    /* chunks leave in batches (om_quar_drain), which keeps this path to a few instructions */
+    if (OM_UNLIKELY(q->bytes > om_g.opt.quarantine || q->tail - q->head > q->mask))
+        om_quar_drain(tc);
 }
 
 /* Accounts a live-byte change of <d> in thread <tc>; flushes to the global peak now and then. */

@@ -112,11 +112,17 @@ bool om_quar_init(struct om_tc *tc)
     return true;
 }
 
-/* Evicts until the quarantine is within its budget again (after a big chunk came in). */
-void om_quar_evict_more(struct om_tc *tc)
+/*
+ * Lets the oldest chunks out of the quarantine until it is 4 KiB (or an
+ * eighth of a smaller budget) under its budget and has a free ring slot, so
+ * that the next frees only append.
+ */
+void om_quar_drain(struct om_tc *tc)
 {
     struct om_quar *q = &tc->quar;
-    while (q->head != q->tail && q->bytes > om_g.opt.quarantine)
+    size_t budget = om_g.opt.quarantine;
+    size_t low = budget - (budget >= 32768 ? 4096 : budget / 8);
+    while (q->head != q->tail && (q->bytes > low || q->tail - q->head > q->mask - 64))
         om_quar_evict_one(tc);
 }
 
