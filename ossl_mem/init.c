@@ -2,7 +2,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/random.h>
-#include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
 

@@ -36,11 +36,8 @@ static size_t slot_of(uintptr_t p, size_t cap)
 /* Maps a table of <cap> slots and moves the live entries (only) into it. */
 static int tab_rebuild(size_t cap)
 {
-    int saved = errno;
-    void *m = mmap(NULL, cap * sizeof *tab, PROT_READ | PROT_WRITE,
-                   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    errno = saved;
-    if (m == MAP_FAILED)
+    void *m = om_map(cap * sizeof *tab, false);
+    if (!m)
         return -1;
     struct large_ent *nt = m;
     size_t used = 0;

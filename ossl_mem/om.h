@@ -9,6 +9,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/types.h>
 
 #include "ossl_mem.h"
@@ -378,6 +379,20 @@ static inline void om_wipe(void *p, size_t n)
     }
     memset(p, 0, n);
     __asm__ volatile("" : : "r"(p) : "memory");
+}
+
+/*
+ * Maps <len> zeroed bytes of our own metadata (MAP_SHARED when <shared>, so
+ * that the mapping is seen by every process forked later). Returns NULL
+ * when the system refuses; errno is left as it was.
+ */
+static inline void *om_map(size_t len, bool shared)
+{
+    int saved = errno;
+    void *m = mmap(NULL, len, PROT_READ | PROT_WRITE,
+                   (shared ? MAP_SHARED : MAP_PRIVATE) | MAP_ANONYMOUS, -1, 0);
+    errno = saved;
+    return m == MAP_FAILED ? NULL : m;
 }
 
 /* Relaxed add to a counter that only the calling thread writes. */

@@ -237,12 +237,9 @@ int ossl_mem_report(FILE *out, int format)
     if (rc)
         return rc;
     int saved = errno;
-    struct agg *a = mmap(NULL, sizeof *a, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
-                         -1, 0);
-    if (a == MAP_FAILED) {
-        errno = saved;
+    struct agg *a = om_map(sizeof *a, false);
+    if (!a)
         return OSSL_MEM_E_NOMEM;
-    }
     om_pool_walk(collect, a);
     om_large_walk(collect, a);
     struct om_tstat sum;

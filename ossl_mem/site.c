@@ -1,5 +1,4 @@
 /* site.c - OpenSSL allocation sites (file:line -> 16-bit id) and pool tag names. */
-#include <sys/mman.h>
 
 #include "om.h"
 
@@ -16,11 +15,8 @@ static const char nofile[] = ""; /* stands for a NULL file with a non-zero line 
 
 int om_site_init(void)
 {
-    int saved = errno;
-    void *m = mmap(NULL, OM_NSITES * sizeof(uint64_t), PROT_READ | PROT_WRITE,
-                   MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-    errno = saved;
-    if (m == MAP_FAILED)
+    void *m = om_map(OM_NSITES * sizeof(uint64_t), true);
+    if (!m)
         return OSSL_MEM_E_NOMEM;
     om_g.sites = m;
     pthread_mutex_init(&om_g.tags_lock, NULL);

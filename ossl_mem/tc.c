@@ -16,13 +16,9 @@ static void tc_destroy(void *arg);
 /* Maps a zeroed cache and links it into the thread list. NULL when out of memory. */
 static struct om_tc *tc_new(bool orphan)
 {
-    int saved = errno;
-    void *m = mmap(NULL, sizeof(struct om_tc), PROT_READ | PROT_WRITE,
-                   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    errno = saved;
-    if (m == MAP_FAILED)
+    struct om_tc *tc = om_map(sizeof *tc, false);
+    if (!tc)
         return NULL;
-    struct om_tc *tc = m;
     tc->orphan = orphan;
     tc->thread = pthread_self();
     pthread_mutex_lock(&om_g.threads_lock);
@@ -101,13 +97,10 @@ void om_stat_flush(struct om_tc *tc)
 /* Maps the thread's quarantine ring on first use. Returns false when out of memory. */
 bool om_quar_init(struct om_tc *tc)
 {
-    int saved = errno;
-    void *m = mmap(NULL, OM_QUAR_ENTRIES * sizeof(uint64_t), PROT_READ | PROT_WRITE,
-                   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    errno = saved;
-    if (m == MAP_FAILED)
+    uint64_t *ring = om_map(OM_QUAR_ENTRIES * sizeof(uint64_t), false);
+    if (!ring)
         return false;
-    tc->quar.ring = m;
+    tc->quar.ring = ring;
     tc->quar.mask = OM_QUAR_ENTRIES - 1;
     return true;
 }
