@@ -307,19 +307,6 @@ static inline bool om_hdr_valid(const struct om_chunk *h, uint64_t w0, uint64_t 
     return (uint16_t)(w1 >> 48) == om_check16(h, w0, w1);
 }
 
-/* Builds and stores a whole header. */
-static inline void om_hdr_store(struct om_chunk *h, uint32_t size, uint16_t asite, uint16_t fsite,
-                                uint16_t owner, uint8_t cls, uint8_t tag, uint8_t state,
-                                uint8_t flags)
-{
-    uint64_t w0 = (uint64_t)size | (uint64_t)asite << 32 | (uint64_t)fsite << 48;
-    uint64_t w1 = (uint64_t)owner | (uint64_t)cls << 16 | (uint64_t)tag << 24 |
-                  (uint64_t)state << 32 | (uint64_t)flags << 40;
-    w1 |= (uint64_t)om_check16(h, w0, w1) << 48;
-    memcpy(h, &w0, 8);
-    memcpy((char *)h + 8, &w1, 8);
-}
-
 /* Writes the header of a chunk being handed out (state live, no free site). */
 static inline void om_hdr_store_live(struct om_chunk *h, uint32_t size, uint16_t asite,
                                      uint16_t owner, uint8_t cls, uint8_t tag)
