@@ -124,7 +124,12 @@ struct ossl_mem_stats {
 /* Fills <st>. Returns 0 or OSSL_MEM_E_NOT_INIT / OSSL_MEM_E_INVAL. */
 OSSL_MEM_API int ossl_mem_get_stats(struct ossl_mem_stats *st);
 
-/* Per-tag figures; returns 0, or OSSL_MEM_E_INVAL if the tag does not exist. */
+/*
+ * Per-tag figures; returns 0, or OSSL_MEM_E_INVAL if the tag does not exist.
+ * The live figures are found by walking every chunk's header (the hot path
+ * counts only allocations per tag), so the call costs time in proportion to
+ * the memory in use: fine for monitoring, not for every request.
+ */
 struct ossl_mem_tag_stats {
     uint64_t live_bytes;        /* requested bytes live under this tag */
     uint64_t live_chunks;       /* live chunks under this tag */
