@@ -93,28 +93,41 @@ static void *alloc_in(struct om_tc *tc, size_t n, uint16_t site, uint8_t tag)
 }
 
 /*
- * Releases live chunk <h> (already validated) freed at <fsite>: wiped over
+ * Releases live small chunk <h> of class <cls> (already validated) freed at <fsite>: wiped over
  * its whole usable size when zeroing is on, marked, and put in quarantine
  * (or straight back into the cache with a zero quarantine).
  */
+static inline __attribute__((always_inline)) void free_small(struct om_tc *tc, struct om_chunk *h, unsigned cls, size_t size,
+                              uint16_t fsite)
+{
+    om_stat_free(tc, size);
+    uint32_t usable = om_cls[cls].size;
+    if (om_g.opt.zero)
+        om_wipe(om_user(h), usable);
+    /* a live header has free site 0: the check changes by constants and the new site's mix */
+    uint16_t sitemix = om_mix16(fsite, om_g.site_key);
+    h->fsite = fsite;
+    if (om_g.opt.quarantine) {
+        h->state = OM_ST_QUAR;
+        h->check ^= om_g.k_free_quar ^ sitemix;
+        om_quar_push(tc, h, cls, usable);
+    } else {
+        h->state = OM_ST_FREED;
+        h->check ^= om_g.k_free_freed ^ sitemix;
+        om_pool_release_cls(tc, h, cls);
+    }
+}
+
+/* Releases any validated live chunk, small or large, freed at <fsite>. */
 static void release(struct om_tc *tc, struct om_chunk *h, size_t size, uint16_t fsite,
                     bool large)
 {
-    om_stat_free(tc, size);
     if (large) {
+        om_stat_free(tc, size);
         om_large_free(tc, h, fsite);
         return;
     }
-    uint32_t usable = om_cls[h->cls].size;
-    if (om_g.opt.zero)
-        om_wipe(om_user(h), usable);
-    if (om_g.opt.quarantine) {
-        om_hdr_restate(h, OM_ST_QUAR, fsite);
-        om_quar_push(tc, h, h->cls, usable);
-    } else {
-        om_hdr_restate(h, OM_ST_FREED, fsite);
-        om_pool_release(tc, h);
-    }
+    free_small(tc, h, h->cls, size, fsite);
 }
 
 /* Slow path of om_malloc_cb(): large requests, empty caches, the orphan cache, a fork. */
@@ -202,22 +215,7 @@ void om_free_cb(void *p, const char *file, int line)
     uint32_t size = (uint32_t)w0;
     OM_ASSERT(cls < OM_NCLS);
     om_op_begin(tc);
-    uint16_t fsite = om_site_id(file, line);
-    om_stat_free(tc, size);
-    uint32_t usable = om_cls[cls].size;
-    if (om_g.opt.zero)
-        om_wipe(p, usable);
-    uint16_t sitemix = om_mix16(fsite, om_g.site_key);
-    h->fsite = fsite;
-    if (om_g.opt.quarantine) {
-        h->state = OM_ST_QUAR;
-        h->check ^= om_g.k_free_quar ^ sitemix;
-        om_quar_push(tc, h, cls, usable);
-    } else {
-        h->state = OM_ST_FREED;
-        h->check ^= om_g.k_free_freed ^ sitemix;
-        om_pool_release_cls(tc, h, cls);
-    }
+    free_small(tc, h, cls, size, om_site_id(file, line));
     om_op_end(tc);
 }
 
