@@ -72,6 +72,68 @@ static void check_large(struct om_chunk *h, size_t usable, void *arg)
         problem(arg, OM_F_CORRUPT, h, "large chunk header fails its check (overwritten)");
 }
 
+/*
+ * Reports a live shared chunk <h> that holds, at word <i>, a pointer into
+ * live private chunk <ph> of this process's current generation: memory no
+ * other process has at that address (O2's counterpart: a worker mutated
+ * shared state with private memory, or a parent put post-fork memory into
+ * a context it shares).
+ */
+static void cross_pool(struct walk *w, const struct om_chunk *h, size_t i,
+                       const struct om_chunk *ph)
+{
+    atomic_fetch_add(&om_g.faults[OM_F_CROSS_POOL], 1);
+    if (w->problems++ < MAX_LINES && om_g.opt.policy != OM_POLICY_IGNORE) {
+        char a[256], b[256];
+        om_msg("check: shared chunk %p (%u bytes, allocated at %s) holds at offset %zu a pointer "
+               "into private chunk %p (%u bytes, allocated at %s) that other processes do not "
+               "have: shared state was changed with private memory",
+               (const void *)(h + 1), (unsigned)h->size, om_site_str(h->asite, a, sizeof a),
+               i * 8, (const void *)(ph + 1), (unsigned)ph->size,
+               om_site_str(ph->asite, b, sizeof b));
+    }
+}
+
+/* Scans the words of live shared chunk <h> for pointers into fresh private chunks. */
+static void scan_shared(struct walk *w, const struct om_chunk *h)
+{
+    const uintptr_t *q = (const uintptr_t *)(h + 1);
+    uintptr_t base = (uintptr_t)om_g.region;
+    size_t used = atomic_load(&om_g.region_used);
+    for (size_t i = 0; i < h->size / 8; i++) {
+        uintptr_t v = q[i];
+        if (v - base >= used)
+            continue;
+        const struct om_chunk *ph = om_pool_containing(v);
+        if (ph && ph->state == OM_ST_LIVE && ph->owner == om_g.owner &&
+            v >= (uintptr_t)(ph + 1) && om_hdr_valid(ph, ((const uint64_t *)ph)[0],
+                                                     ((const uint64_t *)ph)[1]))
+            cross_pool(w, h, i, ph);
+    }
+}
+
+/* Checks one chunk of the shared arena (and scans it, live, for private pointers). */
+static void check_shared(struct om_chunk *h, size_t usable, void *arg)
+{
+    struct walk *w = arg;
+    uint64_t w0, w1;
+    om_hdr_load(h, &w0, &w1);
+    if (!om_hdr_valid(h, w0, w1) || (h->cls >= OM_NCLS && h->cls != OM_CLS_LARGE)) {
+        problem(w, OM_F_CORRUPT, h, "shared chunk header fails its check (overwritten)");
+        return;
+    }
+    if (h->state == OM_ST_LIVE) {
+        if (h->size > usable)
+            problem(w, OM_F_CORRUPT, h, "size larger than its capacity");
+        else if (om_g.forked)
+            scan_shared(w, h);
+    } else if (h->state != OM_ST_FREED) {
+        problem(w, OM_F_CORRUPT, h, "unknown state");
+    } else if (om_g.opt.zero && !body_clean(h, usable)) {
+        problem(w, OM_F_UAF_WRITE, h, "freed shared chunk was written to after free");
+    }
+}
+
 long ossl_mem_check(void)
 {
     if (!om_g.ready)
@@ -79,6 +141,7 @@ long ossl_mem_check(void)
     struct walk w = {0};
     om_pool_walk(check_small, &w);
     om_large_walk(check_large, &w);
+    om_arena_walk(check_shared, &w);
     if (!om_hooks_ours()) {
         atomic_fetch_add(&om_g.faults[OM_F_HOOKS], 1);
         if (om_g.opt.policy != OM_POLICY_IGNORE)

@@ -65,6 +65,8 @@ static const char *const fault_name[OM_F_COUNT] = {
     [OM_F_CORRUPT] = "corrupt chunk header",
     [OM_F_UAF_WRITE] = "write after free",
     [OM_F_HOOKS] = "allocator hooks replaced",
+    [OM_F_INHERITED] = "inherited free",
+    [OM_F_CROSS_POOL] = "private pointer in shared memory",
 };
 
 static const char *const fault_action[OM_F_COUNT] = {
@@ -75,6 +77,8 @@ static const char *const fault_action[OM_F_COUNT] = {
     [OM_F_CORRUPT] = "left alone",
     [OM_F_UAF_WRITE] = "reported",
     [OM_F_HOOKS] = "reported",
+    [OM_F_INHERITED] = "left to its owner",
+    [OM_F_CROSS_POOL] = "reported",
 };
 
 /*
@@ -83,13 +87,17 @@ static const char *const fault_action[OM_F_COUNT] = {
  * (size, allocating and first freeing site), the caller's <file>:<line>
  * and <detail>. Under report each (fault, caller site) pair is written
  * once; the counter keeps counting. Under abort the line ends with
- * "aborting" and the process dies with SIGABRT.
+ * "aborting" and the process dies with SIGABRT. An inherited free is an
+ * expected event (a worker's exit cleanup), never fatal: it is reported
+ * like under report.
  */
 void om_fault(enum om_fault f, const void *p, const struct om_chunk *h, const char *file,
               int line, const char *detail)
 {
     atomic_fetch_add(&om_g.faults[f], 1);
     enum om_policy pol = om_g.opt.policy;
+    if (f == OM_F_INHERITED && pol == OM_POLICY_ABORT)
+        pol = OM_POLICY_REPORT;
     if (pol == OM_POLICY_IGNORE)
         return;
     uint16_t site = om_site_id(file, line);

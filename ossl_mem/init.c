@@ -37,6 +37,21 @@ const char *ossl_mem_strerror(int err)
         return "a fixed ossl_mem table is full (tags or tag stack depth)";
     case OSSL_MEM_E_VERSION:
         return "struct ossl_mem_config has an unknown version";
+    case OSSL_MEM_E_NO_ARENA:
+        return "there is no shared arena (option shared=0, or it could not be mapped)";
+    case OSSL_MEM_E_NOT_SHARED:
+        return "the object is not in the shared arena: build it between "
+               "ossl_mem_shared_begin() and ossl_mem_shared_end()";
+    case OSSL_MEM_E_NOT_OWNER:
+        return "only the process that registered the shared context may retire it";
+    case OSSL_MEM_E_LOCKS:
+        return "OpenSSL's locks cannot be made process-shared: link libossl_mem.so before "
+               "libcrypto (as a shared library) or LD_PRELOAD it";
+    case OSSL_MEM_E_UNKNOWN:
+        return "not a registered shared context";
+    case OSSL_MEM_E_SCOPE:
+        return "shared scope misuse (end without begin, nesting too deep, or a thread that "
+               "is exiting)";
     default:
         return "unknown ossl_mem error";
     }
@@ -60,8 +75,15 @@ static void fork_prepare(void)
     om_large_fork_prepare();
 }
 
+/*
+ * Both sides of a fork start a new generation of private chunks: what
+ * either allocates from now on is invisible to the other, which is what the
+ * cross-pool scan of ossl_mem_check() looks for in shared chunks.
+ */
 static void fork_parent(void)
 {
+    om_g.forked = true;
+    om_g.owner = om_arena_new_id();
     om_large_fork_parent();
     om_pool_fork_parent();
     om_tc_fork_parent();
@@ -70,10 +92,15 @@ static void fork_parent(void)
 
 static void fork_child(void)
 {
+    om_g.forked = true;
+    om_g.my_pid = getpid();
     om_large_fork_child();
     om_pool_fork_child();
     om_tc_fork_child();
+    om_g.owner = om_arena_new_id();
     pthread_mutex_init(&om_g.tags_lock, NULL);
+    om_arena_fork_child();
+    om_shared_fork_child();
 }
 
 /* atexit handler for the report= option; runs after OpenSSL's own cleanup. */
@@ -163,14 +190,23 @@ int ossl_mem_init(const struct ossl_mem_config *cfg)
     om_g.k_free_freed = live ^ om_mix16(OM_ST_FREED, om_g.state_key) ^ nosite;
     om_g.k_quar_freed = om_mix16(OM_ST_QUAR, om_g.state_key) ^ om_mix16(OM_ST_FREED, om_g.state_key);
     om_g.owner = 1;
+    om_g.proc_id = 1;
+    om_g.proc_slot = -1;
+    om_g.my_pid = getpid();
     if ((rc = om_site_init()) || (rc = om_pool_init()) || (rc = om_large_init()) ||
-        (rc = om_tc_init()))
+        (rc = om_tc_init()) || (rc = om_arena_init()))
         goto fail; /* mappings made so far stay: a process that cannot map 1 MiB is going down */
     pthread_atfork(fork_prepare, fork_parent, fork_child);
     if (!CRYPTO_set_mem_functions(om_malloc_cb, om_realloc_cb, om_free_cb)) {
         rc = OSSL_MEM_E_TOO_LATE;
         goto fail;
     }
+    om_g.locks_interposed = om_locks_check();
+    if (om_g.arena && om_g.opt.shared_locks && !om_g.locks_interposed)
+        om_msg("OpenSSL's locks cannot be made process-shared: its pthread_rwlock_init() calls "
+               "do not reach libossl_mem.so (link it as a shared library before libcrypto, or "
+               "LD_PRELOAD it); shared scopes will be refused, private pools work");
+    atexit(om_shared_exit);
     if (om_g.opt.report[0])
         atexit(exit_report);
     om_g.ready = true;
@@ -233,6 +269,10 @@ int ossl_mem_get_stats(struct ossl_mem_stats *st)
     st->private_mapped = om_pool_mapped() + atomic_load(&om_g.large_mapped);
     st->large_chunks = atomic_load(&om_g.large_live);
     st->hooks_replaced = !om_hooks_ours();
+    st->inherited_frees = om_g.faults[OM_F_INHERITED];
+    st->shared_reclaimed = atomic_load(&om_g.shared_reclaimed);
+    st->lock_inits_shared = atomic_load(&om_lock_inits_shared);
+    om_arena_stats(st);
     return 0;
 }
 

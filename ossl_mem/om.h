@@ -163,6 +163,9 @@ struct om_tc {
     uint8_t tags[OSSL_MEM_MAX_TAG_DEPTH];   /* tag stack */
     bool orphan;                            /* the shared fallback cache (under om_g.orphan_lock) */
     uint8_t busy;                           /* 1 while the thread changes allocator state (fork waits) */
+    uint8_t shared_depth;                   /* nesting of ossl_mem_shared_begin() */
+    uint8_t shared_set;                     /* set id of the outermost open shared scope */
+    uint8_t reclaiming;                     /* destroying a shared context: frees of shared chunks are performed */
     pthread_t thread;                       /* owning thread */
     struct om_tc *next, *prev;              /* om_g.threads list */
     struct om_quar quar;                    /* quarantine */
@@ -182,6 +185,8 @@ struct om_opts {
     enum om_policy policy;  /* what a detected error does */
     char report[256];       /* "" none, "stderr", or a file name: report at exit */
     size_t reserve;         /* private address space to reserve */
+    size_t shared;          /* bytes of the shared arena (0: none) */
+    bool shared_locks;      /* make OpenSSL's locks in the arena process-shared */
 };
 
 /* Fault kinds, each with its counter. */
@@ -193,6 +198,8 @@ enum om_fault {
     OM_F_CORRUPT,           /* header failed its check */
     OM_F_UAF_WRITE,         /* freed chunk was written to */
     OM_F_HOOKS,             /* our OpenSSL hooks were replaced */
+    OM_F_INHERITED,         /* free of a shared chunk by a non-owner outside a scope: refused */
+    OM_F_CROSS_POOL,        /* a shared chunk points into private memory others cannot see */
     OM_F_COUNT
 };
 
@@ -207,7 +214,15 @@ struct om_global {
     uint16_t k_free_quar;           /* check change of a free: live -> quarantined, no free site */
     uint16_t k_free_freed;          /* check change of a free: live -> freed, no free site */
     uint16_t k_quar_freed;          /* check change of leaving the quarantine */
-    uint16_t owner;                 /* this process's generation */
+    uint16_t owner;                 /* generation of this process's private chunks (new at each fork, both sides) */
+    uint16_t proc_id;               /* this process's identity: owner of its shared chunks */
+    int proc_slot;                  /* its slot in the arena's process table (-1: none) */
+    bool forked;                    /* this process forked, or was forked, since init */
+    pid_t my_pid;                   /* getpid(), kept current by the fork handler */
+    _Atomic uint64_t shared_reclaimed; /* arena chunks released by context destruction */
+    bool locks_interposed;          /* pthread_rwlock_init/pthread_mutex_init reach us from libcrypto */
+    struct om_arena *arena;         /* the shared arena, NULL when there is none */
+    char *arena_lo, *arena_hi;      /* chunk area of the arena: [lo, hi) */
 
     /* private region: reserved once, segments committed in order */
     char *region;                   /* base, OM_SEG_SIZE aligned */
@@ -253,6 +268,67 @@ extern __thread struct om_tc *om_tls_tc __attribute__((tls_model("initial-exec")
 
 #define OM_GATE_FORKING 0x1 /* the fork prepare handler runs: new operations wait */
 #define OM_GATE_FENCE   0x2 /* no membarrier(2): each operation fences itself */
+
+/* ------------------------------------------------------------------ */
+/* The shared arena                                                    */
+/* ------------------------------------------------------------------ */
+
+/*
+ * One anonymous MAP_SHARED mapping made by ossl_mem_init(), seen at the same
+ * address by every process forked later. It starts with this control
+ * block, then a bitmap with one bit per 16 bytes of the chunk area (set at
+ * every chunk header ever carved: a pointer is a chunk start exactly when
+ * the bit before it is set), then the chunk area. Chunks have the private
+ * pools' header; their owner field is the allocating process's id and their
+ * flags byte the id of the shared scope (set) that made them. Small chunks
+ * use the private classes; larger ones take whole pages and keep their
+ * usable size in the 16 bytes before the header. Freed chunks go to FIFO
+ * lists per class, which delays their reuse like a quarantine.
+ * Everything here is protected by <lock>, a robust process-shared mutex.
+ */
+#define OM_MAXPROC      4096    /* processes that can use the arena at once */
+#define OM_MAXCTX       64      /* registered shared contexts */
+
+/* A process of the tree that uses the arena (pid 0: free slot). */
+struct om_proc {
+    pid_t pid;
+    uint16_t id;                /* its process id for chunk ownership */
+};
+
+enum om_sctx_state { OM_SCTX_FREE = 0, OM_SCTX_ACTIVE, OM_SCTX_RETIRED };
+
+/* A registered shared SSL_CTX. */
+struct om_sctx {
+    struct ssl_ctx_st *ctx;
+    uint8_t state;              /* enum om_sctx_state */
+    uint8_t set;                /* shared scope that built it */
+    uint16_t owner_id;          /* owner's process id */
+    int32_t owner_slot;         /* owner's process slot */
+    uint32_t refoff;            /* offset of OpenSSL's reference count in the context */
+    uint64_t holders[OM_MAXPROC / 64]; /* process slots that may still use it */
+};
+
+struct om_arena {
+    uint64_t magic;
+    pthread_mutex_t lock;       /* robust, process-shared: protects everything below */
+    pid_t holder;               /* pid holding <lock> (for repair messages) */
+    size_t map_size;            /* bytes of the mapping */
+    size_t cap;                 /* bytes of the chunk area */
+    size_t bump;                /* carved bytes of the chunk area */
+    uint64_t used;              /* bytes (header included) of live chunks */
+    uint64_t peak;              /* highest <used> */
+    uint64_t live_chunks;
+    uint64_t freel_head[OM_NCLS], freel_tail[OM_NCLS]; /* FIFO free lists: offsets + 1, 0 none */
+    uint64_t large_free;        /* free large chunks: offset + 1 of the first, 0 none */
+    _Atomic uint64_t failed;    /* allocations refused: arena full */
+    _Atomic uint64_t repairs;   /* abandoned locks repaired */
+    _Atomic uint32_t next_id;   /* process ids and private generations */
+    uint8_t next_set;           /* shared scope ids */
+    struct om_proc procs[OM_MAXPROC];
+    struct om_sctx ctxs[OM_MAXCTX];
+    pid_t id_pid[65536];        /* process id -> pid, for reports */
+};
+
 
 /* ------------------------------------------------------------------ */
 /* Inline helpers                                                      */
@@ -307,16 +383,29 @@ static inline bool om_hdr_valid(const struct om_chunk *h, uint64_t w0, uint64_t 
     return (uint16_t)(w1 >> 48) == om_check16(h, w0, w1);
 }
 
-/* Writes the header of a chunk being handed out (state live, no free site). */
-static inline void om_hdr_store_live(struct om_chunk *h, uint32_t size, uint16_t asite,
-                                     uint16_t owner, uint8_t cls, uint8_t tag)
+/* Writes the header of a chunk being handed out (state live, no free site) with <flags>. */
+static inline void om_hdr_store_live_f(struct om_chunk *h, uint32_t size, uint16_t asite,
+                                       uint16_t owner, uint8_t cls, uint8_t tag, uint8_t flags)
 {
     uint64_t w0 = (uint64_t)size | (uint64_t)asite << 32;
     uint64_t w1 = (uint64_t)owner | (uint64_t)cls << 16 | (uint64_t)tag << 24 |
-                  (uint64_t)OM_ST_LIVE << 32;
+                  (uint64_t)OM_ST_LIVE << 32 | (uint64_t)flags << 40;
     w1 |= (uint64_t)(uint16_t)(om_check_base(h, w0, w1) ^ om_g.k_live) << 48;
     memcpy(h, &w0, 8);
     memcpy((char *)h + 8, &w1, 8);
+}
+
+/* Writes the header of a private chunk being handed out. */
+static inline void om_hdr_store_live(struct om_chunk *h, uint32_t size, uint16_t asite,
+                                     uint16_t owner, uint8_t cls, uint8_t tag)
+{
+    om_hdr_store_live_f(h, size, asite, owner, cls, tag, 0);
+}
+
+/* Whether <p> lies in the shared arena's chunk area. */
+static inline bool om_in_arena(const void *p)
+{
+    return (uintptr_t)p - (uintptr_t)om_g.arena_lo < (uintptr_t)(om_g.arena_hi - om_g.arena_lo);
 }
 
 /*
@@ -414,6 +503,7 @@ OM_HIDDEN int om_tag_id(const char *name);
 OM_HIDDEN int om_pool_init(void);
 OM_HIDDEN void *om_pool_alloc(struct om_tc *tc, size_t size, uint16_t site, uint8_t tag);
 OM_HIDDEN struct om_chunk *om_pool_find(const void *p, const char **why);
+OM_HIDDEN struct om_chunk *om_pool_containing(uintptr_t a);
 OM_HIDDEN void om_central_put(unsigned cls, struct om_chunk **v, unsigned n);
 OM_HIDDEN size_t om_pool_mapped(void);
 typedef void (*om_chunk_fn)(struct om_chunk *h, size_t usable, void *arg);
@@ -457,6 +547,31 @@ OM_HIDDEN void om_free_cb(void *p, const char *file, int line);
 
 /* check.c */
 OM_HIDDEN bool om_hooks_ours(void);
+
+/* arena.c: the shared arena (allocator, robust lock, process table) */
+OM_HIDDEN int om_arena_init(void);
+OM_HIDDEN void *om_arena_alloc(size_t size, uint16_t site, uint8_t tag, uint8_t set,
+                               uint16_t owner);
+OM_HIDDEN struct om_chunk *om_arena_find(const void *p, const char **why, size_t *cap);
+OM_HIDDEN void om_arena_free(struct om_chunk *h, uint16_t fsite);
+OM_HIDDEN void om_arena_walk(om_chunk_fn fn, void *arg);
+OM_HIDDEN void om_arena_lock(void);
+OM_HIDDEN void om_arena_unlock(void);
+OM_HIDDEN uint8_t om_arena_new_set(void);
+OM_HIDDEN uint16_t om_arena_new_id(void);
+OM_HIDDEN pid_t om_arena_id_pid(uint16_t id);
+OM_HIDDEN void om_arena_fork_child(void);
+OM_HIDDEN void om_arena_stats(struct ossl_mem_stats *st);
+OM_HIDDEN bool om_site_private(uint16_t site);
+
+/* shared.c: scopes, warm-up, shared contexts, reclamation */
+OM_HIDDEN void om_shared_fork_child(void);
+OM_HIDDEN void om_shared_exit(void);
+OM_HIDDEN int om_shared_reclaim_locked(void);
+
+/* locks.c: process-shared OpenSSL locks */
+OM_HIDDEN bool om_locks_check(void);
+OM_HIDDEN extern _Atomic uint64_t om_lock_inits_shared;
 
 /*
  * The id of OpenSSL site <file>:<line>: one probe of the shared site table

@@ -33,6 +33,12 @@ static const struct option table[] = {
     {"reserve", K_SIZE, "32G",
      "address space reserved for the private pools (halved until the system grants it)",
      F(reserve)},
+    {"shared", K_SIZE, "64M",
+     "size of the shared arena for SSL_CTX data built in shared scopes, mapped at init and "
+     "seen by every process forked later (0: no arena)", F(shared)},
+    {"shared-locks", K_BOOL, "on",
+     "make OpenSSL's locks that live in the arena process-shared; without it a worker can "
+     "wait forever for a lock a sibling released (testing only)", F(shared_locks)},
     {"help", K_HELP, "-", "print this table on stderr", 0},
 };
 
@@ -45,6 +51,8 @@ void om_opts_default(struct om_opts *o)
     o->zero = true;
     o->policy = OM_POLICY_REPORT;
     o->reserve = (size_t)32 << 30;
+    o->shared = (size_t)64 << 20;
+    o->shared_locks = true;
 }
 
 void ossl_mem_options_help(FILE *out)

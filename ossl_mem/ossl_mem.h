@@ -5,10 +5,13 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <sys/types.h>
 
 #ifdef __cplusplus
 extern "C" {
 #endif
+
+struct ssl_ctx_st; /* OpenSSL's SSL_CTX */
 
 #if defined(__GNUC__)
 #define OSSL_MEM_API __attribute__((visibility("default")))
@@ -30,6 +33,12 @@ extern "C" {
 #define OSSL_MEM_E_INVAL      (-7) /* bad argument */
 #define OSSL_MEM_E_LIMIT      (-8) /* a fixed table is full (tags, tag stack depth) */
 #define OSSL_MEM_E_VERSION    (-9) /* struct ossl_mem_config has an unknown version */
+#define OSSL_MEM_E_NO_ARENA   (-10) /* no shared arena (shared=0, or it could not be mapped) */
+#define OSSL_MEM_E_NOT_SHARED (-11) /* the object is not in the shared arena */
+#define OSSL_MEM_E_NOT_OWNER  (-12) /* only the process that registered the context may do this */
+#define OSSL_MEM_E_LOCKS      (-13) /* lock interposition is not in effect: shared scopes refused */
+#define OSSL_MEM_E_UNKNOWN    (-14) /* not a registered shared context */
+#define OSSL_MEM_E_SCOPE      (-15) /* shared scope misuse (end without begin, or too deep) */
 
 #define OSSL_MEM_CONFIG_VERSION 1
 
@@ -119,6 +128,12 @@ struct ossl_mem_stats {
     uint64_t large_chunks;      /* live chunks with their own mapping */
     uint64_t hooks_replaced;    /* 1 if someone replaced our CRYPTO_set_mem_functions hooks */
     uint64_t threads;           /* threads with a cache (alive) */
+    uint64_t shared_peak;       /* highest shared_used seen by any process */
+    uint64_t shared_failed;     /* arena allocations refused: arena full (all processes) */
+    uint64_t shared_lock_repairs; /* arena lock found abandoned by a dead process and repaired */
+    uint64_t shared_contexts;   /* registered shared contexts not yet destroyed (all processes) */
+    uint64_t shared_reclaimed;  /* arena chunks released by context destruction (this process) */
+    uint64_t lock_inits_shared; /* OpenSSL locks made process-shared (this process) */
 };
 
 /* Fills <st>. Returns 0 or OSSL_MEM_E_NOT_INIT / OSSL_MEM_E_INVAL. */
@@ -138,6 +153,83 @@ struct ossl_mem_tag_stats {
 OSSL_MEM_API int ossl_mem_get_tag_stats(const char *tag, struct ossl_mem_tag_stats *st);
 
 /*
+ * The shared arena (see README "Pre-fork servers"). ossl_mem_init() maps
+ * one anonymous MAP_SHARED arena (option shared=SIZE, default 64M; 0 turns
+ * it off) that every process forked later sees at the same address.
+ *
+ * ossl_mem_shared_begin()/ossl_mem_shared_end() bracket, per thread and
+ * nestable (depth 16), the construction of objects that worker processes
+ * share, normally SSL_CTX objects. Inside a scope allocations go to the
+ * arena, except OpenSSL's per-thread and process-global state (error
+ * queues, DRBGs, thread-init registries, name maps, method and property
+ * caches), which stays private. The first begin of a process warms OpenSSL
+ * up in private memory (library init, error state, DRBGs, algorithm
+ * fetches, one throw-away TLS handshake) so that only objects built inside
+ * the scope land in the arena. free() and realloc() find the pool from the
+ * address, never from the scope; realloc keeps a shared chunk shared.
+ * begin returns 0, OSSL_MEM_E_NOT_INIT, OSSL_MEM_E_NO_ARENA, OSSL_MEM_E_LOCKS
+ * (OpenSSL's locks could not be made process-shared: see ossl_mem_init) or
+ * OSSL_MEM_E_SCOPE (too deep); end returns 0 or OSSL_MEM_E_SCOPE.
+ *
+ * A free of a shared chunk by a process that did not allocate it, outside a
+ * shared scope, is an inherited free: it is not performed, it is counted in
+ * inherited_frees and reported once per site. So a worker's exit (OpenSSL's
+ * atexit cleanup) never releases what its parent still uses.
+ */
+OSSL_MEM_API int ossl_mem_shared_begin(void);
+OSSL_MEM_API int ossl_mem_shared_end(void);
+
+/* 1 if <p> points into the shared arena, 0 otherwise. */
+OSSL_MEM_API int ossl_mem_is_shared(const void *p);
+
+/*
+ * Shared SSL_CTX lifetime. <ctx> is an SSL_CTX * (struct ssl_ctx_st is
+ * OpenSSL's name for it; this header does not include OpenSSL's).
+ *
+ * ossl_mem_share_ssl_ctx(ctx): registers a context built in a shared scope
+ * by the calling process (its owner). It turns the context's internal
+ * session cache off (SSL_SESS_CACHE_NO_INTERNAL: workers would insert
+ * private sessions into a shared hash), sorts its X509_STORE's object
+ * stack, and pins it, so that no worker's SSL_CTX_free() or exit cleanup
+ * can destroy it. Returns 0, OSSL_MEM_E_NOT_SHARED (not in the arena),
+ * OSSL_MEM_E_INVAL (already registered, or not a context),
+ * OSSL_MEM_E_LIMIT (too many registered contexts: 64).
+ *
+ * From then on ossl_mem, not OpenSSL's reference count (which killed
+ * workers leave too high), decides when it is destroyed:
+ * - the owner calls ossl_mem_retire_ssl_ctx(ctx) when it stops handing the
+ *   context out (this takes over the owner's reference: do not
+ *   SSL_CTX_free() it afterwards);
+ * - every process that may use it (the processes alive when it was
+ *   registered and those forked before it was retired) either calls
+ *   ossl_mem_ssl_ctx_done(ctx) (a worker that moved to a newer context, or
+ *   that is about to exit) or is reported gone by its parent with
+ *   ossl_mem_worker_exited(pid) after waitpid(); a process found to no
+ *   longer exist counts as gone too;
+ * - then the owner destroys it: at once in retire when nobody else can hold
+ *   it (retire returns 1), otherwise in a later ossl_mem_reclaim() (returns
+ *   the number of contexts destroyed) or ossl_mem_worker_exited() call.
+ *   Destruction frees the context and then every chunk of the arena that
+ *   was allocated in the same shared scope and is no longer referenced from
+ *   anything else (references that dead workers left in OpenSSL's counts do
+ *   not keep memory alive).
+ * retire returns 1 (destroyed now), 0 (deferred) or OSSL_MEM_E_UNKNOWN /
+ * OSSL_MEM_E_NOT_OWNER; done and worker_exited return 0 or a negative code.
+ */
+OSSL_MEM_API int ossl_mem_share_ssl_ctx(struct ssl_ctx_st *ctx);
+OSSL_MEM_API int ossl_mem_retire_ssl_ctx(struct ssl_ctx_st *ctx);
+OSSL_MEM_API int ossl_mem_ssl_ctx_done(struct ssl_ctx_st *ctx);
+OSSL_MEM_API int ossl_mem_worker_exited(pid_t pid);
+OSSL_MEM_API int ossl_mem_reclaim(void);
+
+/*
+ * For tests of the arena lock's robustness only: takes the shared arena's
+ * lock and returns holding it (a process that then dies leaves it for the
+ * next locker to repair). Returns 0 or OSSL_MEM_E_NO_ARENA.
+ */
+OSSL_MEM_API int ossl_mem_test_hold_arena_lock(void);
+
+/*
  * Writes a report to <out>: totals, per-tag figures, the top OpenSSL
  * allocation sites by live bytes (file:line, bytes, chunks) and the live
  * chunks at the time of the call (at exit, after OpenSSL's cleanup, that is
@@ -149,10 +241,14 @@ OSSL_MEM_API int ossl_mem_get_tag_stats(const char *tag, struct ossl_mem_tag_sta
 OSSL_MEM_API int ossl_mem_report(FILE *out, int format);
 
 /*
- * Walks every chunk ossl_mem owns (live, cached and quarantined) and checks
- * headers, states and the hooks installed in OpenSSL. Returns the number of
- * problems found, each reported on stderr, or a negative code. Exact when no
- * other thread allocates during the walk.
+ * Walks every chunk ossl_mem owns (live, cached and quarantined, private
+ * and in the shared arena) and checks headers, states and the hooks
+ * installed in OpenSSL. It also scans every live shared chunk for words
+ * that point into a live private chunk that other processes cannot see (one
+ * this process allocated after it forked, or after it forked its workers):
+ * shared state mutated with private memory; both allocation sites are
+ * reported. Returns the number of problems found, each reported on stderr,
+ * or a negative code. Exact when no other thread allocates during the walk.
  */
 OSSL_MEM_API long ossl_mem_check(void);
 

@@ -237,6 +237,30 @@ struct om_chunk *om_pool_find(const void *p, const char **why)
     return om_hdr(p);
 }
 
+/*
+ * The chunk of the private region whose header or usable area holds
+ * address <a>, or NULL (outside committed segments, in metadata, or in a
+ * run's unused tail). Pure arithmetic, like om_pool_find().
+ */
+struct om_chunk *om_pool_containing(uintptr_t a)
+{
+    uintptr_t base = (uintptr_t)om_g.region;
+    size_t used = atomic_load_explicit(&om_g.region_used, memory_order_acquire);
+    if (a - base >= used)
+        return NULL;
+    struct om_seg *s = (struct om_seg *)(a & ~(uintptr_t)(OM_SEG_SIZE - 1));
+    unsigned slot = (unsigned)((a - (uintptr_t)s) >> OM_SLOT_SHIFT);
+    unsigned cls = s->slot_cls[slot];
+    if (slot == 0 || cls >= OM_NCLS)
+        return NULL;
+    const struct om_class *k = &om_cls[cls];
+    uintptr_t run = (uintptr_t)s + ((uintptr_t)s->slot_first[slot] << OM_SLOT_SHIFT);
+    uint64_t idx = ((uint64_t)(a - run) * k->recip) >> 40;
+    if (idx >= k->nchunks)
+        return NULL;
+    return (struct om_chunk *)(run + idx * k->stride);
+}
+
 /* Bytes of committed private segments. */
 size_t om_pool_mapped(void)
 {

@@ -1,11 +1,13 @@
 /* router.c - OpenSSL's three memory callbacks: place each request (R1-R4) and check every free (O3). */
+#include <stdio.h>
+
 #include "om.h"
 
 /*
  * Where a pointer handed to free or realloc lives. Found from the address
  * alone (R4), never from the caller's scope.
  */
-enum where { W_NOT_OURS, W_BAD, W_SMALL, W_LARGE, W_LARGE_FREED };
+enum where { W_NOT_OURS, W_BAD, W_SMALL, W_LARGE, W_LARGE_FREED, W_SHARED };
 
 struct found {
     struct om_chunk *h;     /* header (W_SMALL, W_LARGE, W_LARGE_FREED) */
@@ -45,6 +47,22 @@ static enum where locate(const void *p, struct found *f, const char *file, int l
         f->why = why;
         return W_BAD;
     }
+    if (om_in_arena(p)) {
+        h = om_arena_find(p, &f->why, &f->cap);
+        if (!h)
+            return W_BAD;
+        uint64_t w0, w1;
+        om_hdr_load(h, &w0, &w1);
+        if (OM_UNLIKELY(!om_hdr_valid(h, w0, w1))) {
+            om_fault(OM_F_CORRUPT, p, NULL, file, line,
+                     "header of a shared chunk overwritten (buffer underflow or stray write)");
+            f->why = NULL;
+            return W_BAD;
+        }
+        f->h = h;
+        f->size = h->size;
+        return W_SHARED;
+    }
     int rc = om_large_find(p, &f->h, &f->size, &f->cap);
     if (rc == 1) {
         uint64_t w0, w1;
@@ -66,7 +84,7 @@ static enum where locate(const void *p, struct found *f, const char *file, int l
 static OM_COLD void bad_pointer(enum where w, const struct found *f, void *p, const char *file,
                                 int line, bool is_realloc)
 {
-    if (w == W_SMALL || w == W_LARGE_FREED)
+    if (w == W_SMALL || w == W_LARGE_FREED || w == W_SHARED)
         om_fault(is_realloc ? OM_F_DOUBLE_REALLOC : OM_F_DOUBLE_FREE, p, f->h, file, line, NULL);
     else if (f->why)
         om_fault(is_realloc ? OM_F_INVALID_REALLOC : OM_F_INVALID_FREE, p, NULL, file, line,
@@ -130,12 +148,30 @@ static void release(struct om_tc *tc, struct om_chunk *h, size_t size, uint16_t 
     free_small(tc, h, h->cls, size, fsite);
 }
 
-/* Slow path of om_malloc_cb(): large requests, empty caches, the orphan cache, a fork. */
+/*
+ * Allocates in the shared arena for a thread inside a shared scope (R2).
+ * Not counted in the process's private figures; a refusal (arena full)
+ * counts as a failed allocation.
+ */
+static void *alloc_shared(struct om_tc *tc, size_t n, uint16_t site, uint8_t tag)
+{
+    void *p = om_arena_alloc(n, site, tag, tc->shared_set, om_g.proc_id);
+    if (OM_UNLIKELY(!p))
+        OM_CTR_ADD(tc->st.failed, 1);
+    return p;
+}
+
+/* Slow path of om_malloc_cb(): large requests, empty caches, shared scopes, the orphan cache, a fork. */
 static OM_COLD void *malloc_slow(size_t n, const char *file, int line)
 {
     struct om_tc *tc = om_tc_enter();
     om_op_begin(tc);
-    void *p = alloc_in(tc, n, om_site_id(file, line), tc->tag);
+    uint16_t site = om_site_id(file, line);
+    void *p;
+    if (tc->shared_depth && !om_site_private(site))
+        p = alloc_shared(tc, n, site, tc->tag);
+    else
+        p = alloc_in(tc, n, site, tc->tag);
     om_op_end(tc);
     om_tc_leave(tc);
     return p;
@@ -149,7 +185,8 @@ static OM_COLD void *malloc_slow(size_t n, const char *file, int line)
 void *om_malloc_cb(size_t n, const char *file, int line)
 {
     struct om_tc *tc = om_tls_tc;
-    if (OM_UNLIKELY((uintptr_t)tc <= (uintptr_t)OM_TC_DEAD || n > OM_SMALL_MAX))
+    if (OM_UNLIKELY((uintptr_t)tc <= (uintptr_t)OM_TC_DEAD || n > OM_SMALL_MAX ||
+                    tc->shared_depth))
         return malloc_slow(n, file, line);
     unsigned cls = om_size_class(n);
     uint32_t k = tc->n[cls];
@@ -165,13 +202,38 @@ void *om_malloc_cb(size_t n, const char *file, int line)
     return om_user(h);
 }
 
-/* Slow path of om_free_cb(): large chunks, bad pointers, the orphan cache. */
+/*
+ * Whether the calling process may free live shared chunk <h> (O2): it
+ * allocated it, or the thread is inside a shared scope, or it is
+ * destroying a shared context. Otherwise the free is an inherited one:
+ * counted, reported once per site, not performed.
+ */
+static bool may_free_shared(const struct om_chunk *h, void *p, const char *file, int line)
+{
+    struct om_tc *tc = om_tls_tc;
+    if (h->owner == om_g.proc_id ||
+        ((uintptr_t)tc > (uintptr_t)OM_TC_DEAD && (tc->shared_depth || tc->reclaiming)))
+        return true;
+    char why[96];
+    snprintf(why, sizeof why, "the chunk belongs to process %d; not performed",
+             (int)om_arena_id_pid(h->owner));
+    om_fault(OM_F_INHERITED, p, h, file, line, why);
+    return false;
+}
+
+/* Slow path of om_free_cb(): large and shared chunks, bad pointers, the orphan cache. */
 static OM_COLD void free_slow(void *p, const char *file, int line)
 {
     struct found f;
     enum where w = locate(p, &f, file, line);
-    if (OM_UNLIKELY(w != W_SMALL && w != W_LARGE) || OM_UNLIKELY(f.h->state != OM_ST_LIVE)) {
+    if (OM_UNLIKELY(w != W_SMALL && w != W_LARGE && w != W_SHARED) ||
+        OM_UNLIKELY(f.h->state != OM_ST_LIVE)) {
         bad_pointer(w, &f, p, file, line, false);
+        return;
+    }
+    if (w == W_SHARED) {
+        if (may_free_shared(f.h, p, file, line))
+            om_arena_free(f.h, om_site_id(file, line));
         return;
     }
     struct om_tc *tc = om_tc_enter();
@@ -220,6 +282,37 @@ void om_free_cb(void *p, const char *file, int line)
 }
 
 /*
+ * realloc of a live shared chunk: it stays in the arena (R3), with its
+ * owner and set, whoever calls (a worker that grows a shared structure
+ * mutates shared state; the old block must go, as OpenSSL drops it).
+ */
+static void *realloc_shared(struct om_chunk *h, void *p, size_t n, size_t size, size_t cap,
+                            uint16_t site)
+{
+    struct om_tc *tc = om_tc_enter();
+    OM_CTR_ADD(tc->st.reallocs, 1);
+    om_tc_leave(tc);
+    if (n <= cap && (n > cap / 2 || cap <= 16)) {
+        om_arena_lock();
+        h->size = n >= UINT32_MAX ? UINT32_MAX : (uint32_t)n;
+        h->asite = site;
+        om_hdr_seal(h);
+        om_arena_unlock();
+        return p;
+    }
+    void *q = om_arena_alloc(n, site, h->tag, h->flags, h->owner);
+    if (!q) {
+        tc = om_tc_enter();
+        OM_CTR_ADD(tc->st.failed, 1);
+        om_tc_leave(tc);
+        return NULL;
+    }
+    memcpy(q, p, n < size ? n : size);
+    om_arena_free(h, site);
+    return q;
+}
+
+/*
  * realloc with OpenSSL's semantics: realloc(NULL, n) allocates, realloc(p,
  * 0) frees and returns NULL. A chunk stays in place when the new size fits
  * its usable size and is more than half of it; otherwise it moves within
@@ -240,11 +333,14 @@ void *om_realloc_cb(void *p, size_t n, const char *file, int line)
     }
     struct found f;
     enum where w = locate(p, &f, file, line);
-    if (OM_UNLIKELY(w != W_SMALL && w != W_LARGE) || OM_UNLIKELY(f.h->state != OM_ST_LIVE)) {
+    if (OM_UNLIKELY(w != W_SMALL && w != W_LARGE && w != W_SHARED) ||
+        OM_UNLIKELY(f.h->state != OM_ST_LIVE)) {
         bad_pointer(w, &f, p, file, line, true);
         errno = ENOMEM;
         return NULL;
     }
+    if (w == W_SHARED)
+        return realloc_shared(f.h, p, n, f.size, f.cap, om_site_id(file, line));
     struct om_tc *tc = om_tc_enter();
     om_op_begin(tc);
     uint16_t site = om_site_id(file, line);

@@ -13,7 +13,7 @@ int main(void)
     /* The runner is a fresh process that has not touched OpenSSL: install first. */
     struct ossl_mem_config cfg = {.version = OSSL_MEM_CONFIG_VERSION,
                                   .flags = OSSL_MEM_CFG_IGNORE_ENV,
-                                  .options = NULL};
+                                  .options = "no-shared-locks"}; /* static: no lock interposition */
     int rc = ossl_mem_init(&cfg);
     if (rc != 0) {
         fprintf(stderr, "unit_tests: ossl_mem_init: %s\n", ossl_mem_strerror(rc));
