@@ -358,13 +358,20 @@ pid_t om_arena_id_pid(uint16_t id)
     return A ? A->id_pid[id] : 0;
 }
 
-/* A new shared scope id (1..255; ids wrap, which only merges old sets). Lock held. */
+/*
+ * A new shared scope id (1..255), skipping sets still waiting for
+ * reclamation; ids wrap, which only merges old sets. Lock held.
+ */
 uint8_t om_arena_new_set(void)
 {
-    uint8_t s = A->next_set++;
-    if (A->next_set == 0)
-        A->next_set = 1;
-    return s;
+    for (int tries = 0; tries < 255; tries++) {
+        uint8_t s = A->next_set++;
+        if (A->next_set == 0)
+            A->next_set = 1;
+        if (!A->pending[s])
+            return s;
+    }
+    return A->next_set; /* every id pending: share one (reclamation stays conservative) */
 }
 
 /*

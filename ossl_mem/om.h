@@ -324,6 +324,8 @@ struct om_arena {
     _Atomic uint64_t repairs;   /* abandoned locks repaired */
     _Atomic uint32_t next_id;   /* process ids and private generations */
     uint8_t next_set;           /* shared scope ids */
+    uint16_t pending[256];      /* per set: id of the process that must reclaim what is left of it
+                                   (its contexts are gone, some chunks were still referenced), or 0 */
     struct om_proc procs[OM_MAXPROC];
     struct om_sctx ctxs[OM_MAXCTX];
     pid_t id_pid[65536];        /* process id -> pid, for reports */

@@ -17,7 +17,8 @@
     X(failed_allocs) X(double_frees) X(invalid_frees) X(inherited_frees) X(overflows) \
     X(uaf_writes) X(corrupt_headers) X(shared_size) X(shared_used) X(shared_live_chunks) \
     X(private_mapped) X(quarantine_bytes) X(quarantine_chunks) X(large_chunks) \
-    X(hooks_replaced) X(threads)
+    X(hooks_replaced) X(threads) X(shared_peak) X(shared_failed) X(shared_lock_repairs) \
+    X(shared_contexts) X(shared_reclaimed) X(lock_inits_shared)
 
 struct live_ent {
     uintptr_t ptr;      /* user pointer */
@@ -37,7 +38,25 @@ struct agg {
     uint64_t tag_chunks[OSSL_MEM_MAX_TAGS]; /* live chunks per tag */
     uint64_t tag_allocs[OSSL_MEM_MAX_TAGS]; /* chunks created per tag */
     struct live_ent shown[MAX_CHUNKS];  /* the first live chunks */
+    uint64_t sh_bytes[OM_NSITES];       /* the same per site for the shared arena */
+    uint32_t sh_count[OM_NSITES];
+    uint16_t sh_order[OM_NSITES];
+    uint32_t sh_nsites;
 };
+
+/* Live chunks of the shared arena, per allocation site. */
+static void collect_shared(struct om_chunk *h, size_t usable, void *arg)
+{
+    (void)usable;
+    struct agg *a = arg;
+    uint64_t w0, w1;
+    om_hdr_load(h, &w0, &w1);
+    if ((uint8_t)(w1 >> 32) != OM_ST_LIVE || !om_hdr_valid(h, w0, w1))
+        return;
+    uint16_t site = (uint16_t)(w0 >> 32);
+    a->sh_bytes[site] += (uint32_t)w0;
+    a->sh_count[site]++;
+}
 
 static void collect(struct om_chunk *h, size_t usable, void *arg)
 {
@@ -115,8 +134,8 @@ int ossl_mem_get_tag_stats(const char *tag, struct ossl_mem_tag_stats *st)
 
 static int by_bytes(const void *x, const void *y, void *arg)
 {
-    const struct agg *a = arg;
-    uint64_t bx = a->bytes[*(const uint16_t *)x], by = a->bytes[*(const uint16_t *)y];
+    const uint64_t *bytes = arg;
+    uint64_t bx = bytes[*(const uint16_t *)x], by = bytes[*(const uint16_t *)y];
     return bx < by ? 1 : bx > by ? -1 : 0;
 }
 
@@ -167,6 +186,23 @@ static void report_text(FILE *out, const struct ossl_mem_stats *st, struct agg *
             st->quarantine_chunks, st->large_chunks, st->threads);
     fprintf(out, "  hooks     %s\n", st->hooks_replaced ? "REPLACED by another allocator"
                                                         : "installed in OpenSSL");
+    if (st->shared_size) {
+        fprintf(out, "  shared    %s used of %s (peak %s) in %" PRIu64 " chunks, %" PRIu64
+                " contexts registered, %" PRIu64 " refused (full), %" PRIu64 " lock repairs, %"
+                PRIu64 " chunks reclaimed, %" PRIu64 " OpenSSL locks made process-shared\n",
+                human(st->shared_used, b1, sizeof b1), human(st->shared_size, b2, sizeof b2),
+                human(st->shared_peak, site, sizeof site), st->shared_live_chunks,
+                st->shared_contexts, st->shared_failed, st->shared_lock_repairs,
+                st->shared_reclaimed, st->lock_inits_shared);
+        fprintf(out, "top shared-arena sites by live bytes:\n");
+        for (uint32_t i = 0; i < a->sh_nsites && i < TOP_SITES; i++) {
+            uint16_t s = a->sh_order[i];
+            fprintf(out, "  %-44s %10s in %u chunks\n", om_site_str(s, site, sizeof site),
+                    human(a->sh_bytes[s], b1, sizeof b1), a->sh_count[s]);
+        }
+        if (a->sh_nsites == 0)
+            fprintf(out, "  (none)\n");
+    }
     fprintf(out, "tags:\n");
     unsigned nt = atomic_load(&om_g.ntags);
     for (unsigned t = 0; t < nt; t++)
@@ -215,6 +251,14 @@ static void report_json(FILE *out, const struct ossl_mem_stats *st, struct agg *
         json_str(out, om_site_str(s, site, sizeof site));
         fprintf(out, ", \"live_bytes\": %" PRIu64 ", \"chunks\": %u}", a->bytes[s], a->count[s]);
     }
+    fprintf(out, "\n  ],\n  \"shared_sites\": [");
+    for (uint32_t i = 0; i < a->sh_nsites && i < TOP_SITES; i++) {
+        uint16_t s = a->sh_order[i];
+        fprintf(out, "%s\n    {\"site\": ", i ? "," : "");
+        json_str(out, om_site_str(s, site, sizeof site));
+        fprintf(out, ", \"live_bytes\": %" PRIu64 ", \"chunks\": %u}", a->sh_bytes[s],
+                a->sh_count[s]);
+    }
     fprintf(out, "\n  ],\n  \"live_chunks\": {\"count\": %" PRIu64 ", \"listed\": [", a->nlive);
     for (uint64_t i = 0; i < a->nlive && i < MAX_CHUNKS; i++) {
         const struct live_ent *e = &a->shown[i];
@@ -249,7 +293,12 @@ int ossl_mem_report(FILE *out, int format)
     for (uint32_t s = 0; s < OM_NSITES; s++)
         if (a->count[s])
             a->order[a->nsites++] = (uint16_t)s;
-    qsort_r(a->order, a->nsites, sizeof a->order[0], by_bytes, a);
+    qsort_r(a->order, a->nsites, sizeof a->order[0], by_bytes, a->bytes);
+    om_arena_walk(collect_shared, a);
+    for (uint32_t s = 0; s < OM_NSITES; s++)
+        if (a->sh_count[s])
+            a->sh_order[a->sh_nsites++] = (uint16_t)s;
+    qsort_r(a->sh_order, a->sh_nsites, sizeof a->sh_order[0], by_bytes, a->sh_bytes);
     if (format == OSSL_MEM_REPORT_TEXT)
         report_text(out, &st, a);
     else

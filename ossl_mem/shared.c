@@ -561,6 +561,7 @@ static void scan_process(struct set_chunks *s, const void *skip_lo, const void *
         return;
     char line[512];
     uintptr_t alo = (uintptr_t)om_g.arena, ahi = alo + om_g.arena->map_size;
+    uintptr_t sp = (uintptr_t)__builtin_frame_address(0); /* below it: dead frames */
     while (fgets(line, sizeof line, f)) {
         unsigned long a, b;
         char perm[5];
@@ -572,6 +573,8 @@ static void scan_process(struct set_chunks *s, const void *skip_lo, const void *
             continue;
         if (a < (uintptr_t)skip_hi && b > (uintptr_t)skip_lo)
             continue;
+        if (sp >= a && sp < b)
+            a = sp & ~(uintptr_t)7;
         scan_words(s, (const void *)a, b - a);
     }
     fclose(f);
@@ -583,7 +586,8 @@ static void scan_process(struct set_chunks *s, const void *skip_lo, const void *
  * counts in the arena were raised by workers that died without lowering
  * them (certificates, keys). Conservative: a chunk any word of this
  * process's writable memory or of another live shared chunk points into
- * is kept, with whatever it points to. Returns the number freed.
+ * is kept, with whatever it points to, and the set is left pending: later
+ * reclamations try again. Returns the number freed.
  */
 static size_t reclaim_set(uint8_t set)
 {
@@ -591,6 +595,7 @@ static size_t reclaim_set(uint8_t set)
     om_arena_walk(set_collect, &s);
     if (s.n == 0)
         return 0;
+    __atomic_store_n(&om_g.arena->pending[set], om_g.proc_id, __ATOMIC_RELAXED);
     s.cap = s.n + 64;
     size_t bytes = s.cap * (sizeof *s.h + 1 + sizeof *s.stack);
     void *m = om_map(bytes, false);
@@ -616,7 +621,21 @@ static size_t reclaim_set(uint8_t set)
             freed++;
         }
     munmap(m, bytes);
+    if (freed == s.n)
+        __atomic_store_n(&om_g.arena->pending[set], 0, __ATOMIC_RELAXED);
     return freed;
+}
+
+/* Whether set <set> has a registered context or is the calling thread's open scope. Lock held. */
+static bool set_busy(uint8_t set)
+{
+    struct om_tc *tc = om_tls_tc;
+    if ((uintptr_t)tc > (uintptr_t)OM_TC_DEAD && tc->shared_depth && tc->shared_set == set)
+        return true;
+    for (int i = 0; i < OM_MAXCTX; i++)
+        if (om_g.arena->ctxs[i].state != OM_SCTX_FREE && om_g.arena->ctxs[i].set == set)
+            return true;
+    return false;
 }
 
 /*
@@ -638,12 +657,9 @@ static void destroy(const struct om_sctx *copy)
     if (!orphan)
         tc->reclaiming = 0;
     om_arena_lock();
-    bool set_busy = false;
-    for (int i = 0; i < OM_MAXCTX; i++)
-        if (om_g.arena->ctxs[i].state != OM_SCTX_FREE && om_g.arena->ctxs[i].set == copy->set)
-            set_busy = true;
+    bool busy = set_busy(copy->set);
     om_arena_unlock();
-    if (!set_busy)
+    if (!busy)
         atomic_fetch_add(&om_g.shared_reclaimed, reclaim_set(copy->set));
 }
 
@@ -665,6 +681,14 @@ int om_shared_reclaim_locked(void)
         om_arena_unlock();
         destroy(&copy);
         n++;
+        om_arena_lock();
+    }
+    /* sets this process destroyed whose last chunks were still referenced then: try again */
+    for (unsigned set = 1; set < 256; set++) {
+        if (om_g.arena->pending[set] != om_g.proc_id || set_busy((uint8_t)set))
+            continue;
+        om_arena_unlock();
+        atomic_fetch_add(&om_g.shared_reclaimed, reclaim_set((uint8_t)set));
         om_arena_lock();
     }
     return n;
@@ -712,12 +736,22 @@ int ossl_mem_ssl_ctx_done(SSL_CTX *ctx)
     if (!om_g.arena)
         return OSSL_MEM_E_NO_ARENA;
     om_arena_lock();
-    struct om_sctx *e = sctx_lookup(ctx);
-    int rc = e ? 0 : OSSL_MEM_E_UNKNOWN;
-    if (e && om_g.proc_slot >= 0)
-        e->holders[om_g.proc_slot / 64] &= ~(1ull << (om_g.proc_slot % 64));
-    if (e && e->owner_id == om_g.proc_id)
-        om_shared_reclaim_locked();
+    int rc = 0;
+    int slot = om_g.proc_slot;
+    uint64_t bit = 1ull << (slot % 64);
+    if (!ctx) {
+        /* a quiescent state: done with every context retired so far */
+        for (int i = 0; i < OM_MAXCTX && slot >= 0; i++)
+            if (om_g.arena->ctxs[i].state == OM_SCTX_RETIRED)
+                om_g.arena->ctxs[i].holders[slot / 64] &= ~bit;
+    } else {
+        struct om_sctx *e = sctx_lookup(ctx);
+        if (!e)
+            rc = OSSL_MEM_E_UNKNOWN;
+        else if (slot >= 0)
+            e->holders[slot / 64] &= ~bit;
+    }
+    om_shared_reclaim_locked();
     om_arena_unlock();
     return rc;
 }
