@@ -201,11 +201,17 @@ OSSL_MEM_API int ossl_mem_is_shared(const void *p);
  *   context out (this takes over the owner's reference: do not
  *   SSL_CTX_free() it afterwards);
  * - every process that may use it (the processes alive when it was
- *   registered and those forked before it was retired) either calls
- *   ossl_mem_ssl_ctx_done(ctx) (a worker that moved to a newer context, or
- *   that is about to exit) or is reported gone by its parent with
+ *   registered and those forked before it was retired) either declares it
+ *   is done with it, or is reported gone by its parent with
  *   ossl_mem_worker_exited(pid) after waitpid(); a process found to no
- *   longer exist counts as gone too;
+ *   longer exist, or that leaves through exit(), counts as gone too.
+ *   A worker declares it is done with ossl_mem_ssl_ctx_done(ctx) (that one
+ *   context), or, better, with ossl_mem_ssl_ctx_done(NULL) at a quiescent
+ *   point of its loop, when it holds no pointer to a context read before
+ *   (between connections, before it reads the published context again):
+ *   that releases every context retired so far, including ones it never
+ *   saw. An owner that publishes a new context before retiring the old one
+ *   makes this safe (the RCU rule);
  * - then the owner destroys it: at once in retire when nobody else can hold
  *   it (retire returns 1), otherwise in a later ossl_mem_reclaim() (returns
  *   the number of contexts destroyed) or ossl_mem_worker_exited() call.
@@ -213,8 +219,15 @@ OSSL_MEM_API int ossl_mem_is_shared(const void *p);
  *   was allocated in the same shared scope and is no longer referenced from
  *   anything else (references that dead workers left in OpenSSL's counts do
  *   not keep memory alive).
+ * Objects built in a shared scope belong to the process that built them:
+ * a worker must not drop references to them that it did not take (only
+ * registered contexts are pinned), because OpenSSL's teardown of an object
+ * whose count reaches zero also writes to it (it cleanses keys and clears
+ * fields) even when ossl_mem refuses the frees themselves.
  * retire returns 1 (destroyed now), 0 (deferred) or OSSL_MEM_E_UNKNOWN /
- * OSSL_MEM_E_NOT_OWNER; done and worker_exited return 0 or a negative code.
+ * OSSL_MEM_E_NOT_OWNER; done returns 0 or OSSL_MEM_E_UNKNOWN (ctx not
+ * registered); worker_exited returns 0 or OSSL_MEM_E_INVAL; reclaim returns
+ * the number of contexts destroyed.
  */
 OSSL_MEM_API int ossl_mem_share_ssl_ctx(struct ssl_ctx_st *ctx);
 OSSL_MEM_API int ossl_mem_retire_ssl_ctx(struct ssl_ctx_st *ctx);

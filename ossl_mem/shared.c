@@ -342,6 +342,69 @@ static void fill_x509(X509 *x)
     X509_get0_pubkey(x);
 }
 
+/* One private-key operation with <pk> (failures ignored: not every key type signs raw data). */
+static void sign_once(EVP_PKEY *pk)
+{
+    unsigned char md[32] = {1}, sig[2048];
+    size_t len = sizeof sig;
+    EVP_PKEY_CTX *pc = EVP_PKEY_CTX_new(pk, NULL);
+    if (pc && EVP_PKEY_sign_init(pc) > 0 && EVP_PKEY_CTX_set_signature_md(pc, EVP_sha256()) > 0)
+        EVP_PKEY_sign(pc, sig, &len, md, sizeof md);
+    EVP_PKEY_CTX_free(pc);
+}
+
+struct blinding_patch {
+    uint8_t set;            /* the context's set */
+    uintptr_t self;         /* pthread_self() of the calling thread */
+    int patched;
+};
+
+/*
+ * An RSA blinding of set <set> that records the calling thread as its owner:
+ * the owner field is overwritten with a value no thread has, so that every
+ * thread of every process takes the blinding shared by all of them, under
+ * its (process-shared) lock.
+ */
+static void patch_blinding(struct om_chunk *h, size_t usable, void *arg)
+{
+    (void)usable;
+    struct blinding_patch *bp = arg;
+    const char *file;
+    int line;
+    if (h->state != OM_ST_LIVE || h->flags != bp->set || !om_site_get(h->asite, &file, &line) ||
+        !file || !strstr(file, "crypto/bn/bn_blind.c"))
+        return;
+    uintptr_t *q = (uintptr_t *)(h + 1);
+    for (size_t i = 0; i < h->size / sizeof *q; i++)
+        if (q[i] == bp->self) {
+            q[i] = 1; /* pthread_t values are addresses: 1 is nobody's */
+            bp->patched++;
+        }
+}
+
+/*
+ * Fills the lazily computed state of private key <pk> in the arena: one
+ * signature computes Montgomery contexts and, for RSA, the blinding. RSA
+ * keeps one blinding for the thread that made it and uses it without a
+ * lock; forked processes all have the same thread ids (pthread_self() is
+ * an address), so every worker would take that blinding as its own and
+ * race on it in shared memory. Its owner is therefore cleared, and a
+ * second signature makes the shared blinding that every thread then uses
+ * under its lock.
+ */
+static void fill_key(EVP_PKEY *pk, uint8_t set)
+{
+    if (!pk)
+        return;
+    sign_once(pk);
+    if (!EVP_PKEY_is_a(pk, "RSA") && !EVP_PKEY_is_a(pk, "RSA-PSS"))
+        return;
+    struct blinding_patch bp = {set, (uintptr_t)pthread_self(), 0};
+    om_arena_walk(patch_blinding, &bp);
+    if (bp.patched)
+        sign_once(pk);
+}
+
 static void fill_names(const STACK_OF(X509_NAME) *names)
 {
     for (int i = 0; i < sk_X509_NAME_num(names); i++)
@@ -354,7 +417,7 @@ static void fill_names(const STACK_OF(X509_NAME) *names)
  * otherwise compute lazily on first use, which a worker would do in its
  * private memory and store into shared objects (measured: the cached
  * extensions of in-memory certificates, the canonical encodings of
- * names); then sorts the trust store's object stack, which lookups would
+ * names, RSA blinding and Montgomery contexts); then sorts the trust store's object stack, which lookups would
  * otherwise sort in place under a write lock. Returns false if the calling
  * thread cannot enter a scope.
  */
@@ -372,6 +435,7 @@ static bool fill_lazy(SSL_CTX *ctx, uint8_t set)
         do {
             STACK_OF(X509) *chain = NULL;
             fill_x509(SSL_CTX_get0_certificate(ctx));
+            fill_key(SSL_CTX_get0_privatekey(ctx), set);
             if (SSL_CTX_get0_chain_certs(ctx, &chain))
                 for (int i = 0; i < sk_X509_num(chain); i++)
                     fill_x509(sk_X509_value(chain, i));
