@@ -33,7 +33,7 @@ static void test_stats_arithmetic(void)
     CU_ASSERT_EQUAL(s2.live_chunks, s0.live_chunks);
     CU_ASSERT_EQUAL(s2.frees - s0.frees, N);
     CU_ASSERT_EQUAL(s2.live_chunks, s2.allocs - s2.frees);
-    CU_ASSERT(s2.quarantine_bytes > 0 && s2.quarantine_bytes <= 256 * 1024);
+    CU_ASSERT(s2.quarantine_bytes > 0 && s2.quarantine_bytes <= 64 * 1024);
     CU_ASSERT(s2.quarantine_chunks > 0);
     CU_ASSERT_EQUAL(s2.hooks_replaced, 0);
 }
