@@ -8,6 +8,7 @@
 #include <openssl/decoder.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
+#include <openssl/bn.h>
 #include <openssl/kdf.h>
 #include <openssl/pem.h>
 #include <openssl/rand.h>
@@ -353,11 +354,28 @@ static void sign_once(EVP_PKEY *pk)
     EVP_PKEY_CTX_free(pc);
 }
 
+#define MAX_BLINDING_BNS 64
+
 struct blinding_patch {
     uint8_t set;            /* the context's set */
     uintptr_t self;         /* pthread_self() of the calling thread */
     int patched;
+    BIGNUM *bn[MAX_BLINDING_BNS]; /* numbers the blindings point to */
+    int nbn;
 };
+
+/* Whether <p> is the start of a live arena chunk of <set> made by BN_new(), i.e. a BIGNUM. */
+static bool is_shared_bignum(uintptr_t p, uint8_t set)
+{
+    const char *why, *file;
+    size_t cap;
+    int line;
+    if (!om_in_arena((const void *)p))
+        return false;
+    struct om_chunk *h = om_arena_find((const void *)p, &why, &cap);
+    return h && h->state == OM_ST_LIVE && h->flags == set && h->size == 24 &&
+           om_site_get(h->asite, &file, &line) && file && strstr(file, "crypto/bn/bn_lib.c");
+}
 
 /*
  * An RSA blinding of set <set> that records the calling thread as its owner:
@@ -375,11 +393,34 @@ static void patch_blinding(struct om_chunk *h, size_t usable, void *arg)
         !file || !strstr(file, "crypto/bn/bn_blind.c"))
         return;
     uintptr_t *q = (uintptr_t *)(h + 1);
-    for (size_t i = 0; i < h->size / sizeof *q; i++)
+    for (size_t i = 0; i < h->size / sizeof *q; i++) {
         if (q[i] == bp->self) {
             q[i] = 1; /* pthread_t values are addresses: 1 is nobody's */
             bp->patched++;
+        } else if (bp->nbn < MAX_BLINDING_BNS && is_shared_bignum(q[i], bp->set)) {
+            bp->bn[bp->nbn++] = (BIGNUM *)q[i];
         }
+    }
+}
+
+/*
+ * Gives the numbers of the shared blindings room to spare: the updates and
+ * renewals workers make (random values of one bit more than the modulus,
+ * inverses) would otherwise grow them, now and then, with private memory.
+ * Values are kept; only the capacity grows, in the arena.
+ */
+static void grow_blinding_numbers(struct blinding_patch *bp)
+{
+    int bits = 0;
+    for (int i = 0; i < bp->nbn; i++)
+        if (BN_num_bits(bp->bn[i]) > bits)
+            bits = BN_num_bits(bp->bn[i]);
+    for (int i = 0; i < bp->nbn; i++) {
+        BIGNUM *keep = BN_dup(bp->bn[i]);
+        if (keep && BN_set_bit(bp->bn[i], bits + 256))
+            BN_copy(bp->bn[i], keep);
+        BN_free(keep);
+    }
 }
 
 /*
@@ -388,21 +429,28 @@ static void patch_blinding(struct om_chunk *h, size_t usable, void *arg)
  * keeps one blinding for the thread that made it and uses it without a
  * lock; forked processes all have the same thread ids (pthread_self() is
  * an address), so every worker would take that blinding as its own and
- * race on it in shared memory. Its owner is therefore cleared, and a
- * second signature makes the shared blinding that every thread then uses
- * under its lock.
+ * race on it in shared memory. Its owner is therefore cleared, and more
+ * signatures make the shared blinding that every thread then uses under
+ * its lock.
  */
 static void fill_key(EVP_PKEY *pk, uint8_t set)
 {
     if (!pk)
         return;
-    sign_once(pk);
+    for (int i = 0; i < 4; i++)
+        sign_once(pk);
     if (!EVP_PKEY_is_a(pk, "RSA") && !EVP_PKEY_is_a(pk, "RSA-PSS"))
         return;
     struct blinding_patch bp = {set, (uintptr_t)pthread_self(), 0};
     om_arena_walk(patch_blinding, &bp);
-    if (bp.patched)
+    /* the shared blinding: made by the next signature, its numbers grown to full size by the
+       updates of the next ones and by one renewal (every 32 uses), all in the arena; a worker
+       that grew them later would put private memory into them */
+    for (int i = 0; i < 40 && bp.patched; i++)
         sign_once(pk);
+    bp.nbn = 0;
+    om_arena_walk(patch_blinding, &bp);
+    grow_blinding_numbers(&bp);
 }
 
 static void fill_names(const STACK_OF(X509_NAME) *names)
@@ -613,29 +661,44 @@ static void scan_other_shared(struct om_chunk *h, size_t usable, void *arg)
         scan_words(s, om_user(h), h->size == UINT32_MAX ? usable : h->size);
 }
 
+/* Roots in the private pools: live chunks (freed ones hold nothing that counts). */
+static void scan_private(struct om_chunk *h, size_t usable, void *arg)
+{
+    uint64_t w0, w1;
+    om_hdr_load(h, &w0, &w1);
+    if ((uint8_t)(w1 >> 32) == OM_ST_LIVE && om_hdr_valid(h, w0, w1))
+        scan_words(arg, h + 1, h->size == UINT32_MAX ? usable : h->size);
+}
+
+#define SCAN_MAX_MAPPING ((uintptr_t)16 << 30) /* larger: sanitizer shadows, reservations */
+
 /*
- * Roots in this process: every readable and writable mapping (data
- * segments, heaps, stacks, our private pools, other shared mappings)
- * except the arena, which is scanned chunk by chunk, and our own arrays.
+ * Roots in this process: the live chunks of our private pools, and every
+ * other readable and writable mapping (data segments, heaps, stacks from
+ * the current frame up, other shared mappings) except the arena (scanned
+ * chunk by chunk), our own arrays, and mappings above 16 GiB, which are
+ * reservations such as a sanitizer's shadow memory, not data.
  */
 static void scan_process(struct set_chunks *s, const void *skip_lo, const void *skip_hi)
 {
+    om_pool_walk(scan_private, s);
+    om_large_walk(scan_private, s);
     FILE *f = fopen("/proc/self/maps", "re");
     if (!f)
         return;
     char line[512];
     uintptr_t alo = (uintptr_t)om_g.arena, ahi = alo + om_g.arena->map_size;
+    uintptr_t rlo = (uintptr_t)om_g.region, rhi = rlo + om_g.region_size;
     uintptr_t sp = (uintptr_t)__builtin_frame_address(0); /* below it: dead frames */
     while (fgets(line, sizeof line, f)) {
         unsigned long a, b;
         char perm[5];
         if (sscanf(line, "%lx-%lx %4s", &a, &b, perm) != 3 || perm[0] != 'r' || perm[1] != 'w')
             continue;
-        if (strstr(line, "[vvar]") || strstr(line, "[vsyscall]"))
+        if (strstr(line, "[vvar]") || strstr(line, "[vsyscall]") || b - a > SCAN_MAX_MAPPING)
             continue;
-        if (a < ahi && b > alo)
-            continue;
-        if (a < (uintptr_t)skip_hi && b > (uintptr_t)skip_lo)
+        if ((a < ahi && b > alo) || (a < rhi && b > rlo) ||
+            (a < (uintptr_t)skip_hi && b > (uintptr_t)skip_lo))
             continue;
         if (sp >= a && sp < b)
             a = sp & ~(uintptr_t)7;
