@@ -13,6 +13,7 @@ void test_stats_register(void);
 void test_options_register(void);
 void test_check_register(void);
 void test_threads_register(void);
+void test_arena_register(void);
 void test_limits_register(void);
 
 /* Adds a suite <name> with the NULL-terminated list of {name, fn} pairs. */

@@ -26,6 +26,7 @@ int main(void)
     test_options_register();
     test_check_register();
     test_threads_register();
+    test_arena_register();
     test_limits_register();
     CU_basic_set_mode(CU_BRM_VERBOSE);
     CU_basic_run_tests();
