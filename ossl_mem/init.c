@@ -103,14 +103,29 @@ static void fork_child(void)
     om_shared_fork_child();
 }
 
-/* atexit handler for the report= option; runs after OpenSSL's own cleanup. */
+/*
+ * atexit handler for the report= option; runs after OpenSSL's own cleanup.
+ * "%p" in a file name becomes the pid, so that every process of a forking
+ * server writes its own report.
+ */
 static void exit_report(void)
 {
-    const char *dest = om_g.opt.report;
-    if (strcmp(dest, "stderr") == 0) {
+    const char *opt = om_g.opt.report;
+    if (strcmp(opt, "stderr") == 0) {
         ossl_mem_report(stderr, OSSL_MEM_REPORT_TEXT);
         return;
     }
+    char dest[sizeof om_g.opt.report + 32];
+    size_t n = 0;
+    for (const char *c = opt; *c && n + 24 < sizeof dest; c++) {
+        if (c[0] == '%' && c[1] == 'p') {
+            n += (size_t)snprintf(dest + n, sizeof dest - n, "%ld", (long)getpid());
+            c++;
+        } else {
+            dest[n++] = *c;
+        }
+    }
+    dest[n] = 0;
     FILE *out = fopen(dest, "w");
     if (!out) {
         om_msg("cannot write the exit report to %s: %s", dest, strerror(errno));

@@ -28,8 +28,8 @@ static const struct option table[] = {
      "what a double, invalid or corrupt free does: report (one line per site, skip it), "
      "abort (one line, SIGABRT) or ignore (count only)", F(policy)},
     {"report", K_PATH, "none",
-     "write a report at exit: stderr, or a file name (JSON if it ends in .json); the live "
-     "chunks it lists are the leaks", F(report)},
+     "write a report at exit: stderr, or a file name (JSON if it ends in .json; %p becomes "
+     "the pid); the live chunks it lists are the leaks", F(report)},
     {"reserve", K_SIZE, "32G",
      "address space reserved for the private pools (halved until the system grants it)",
      F(reserve)},
