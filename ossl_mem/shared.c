@@ -2,6 +2,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <openssl/crypto.h>
@@ -603,6 +604,7 @@ struct set_chunks {
     uint8_t set;
     size_t *stack;          /* indices to scan */
     size_t sp;
+    uint64_t *buf;          /* SCAN_BUF bytes for scan_copy(), inside the skipped mapping */
 };
 
 static void set_collect(struct om_chunk *h, size_t usable, void *arg)
@@ -671,6 +673,30 @@ static void scan_private(struct om_chunk *h, size_t usable, void *arg)
 }
 
 #define SCAN_MAX_MAPPING ((uintptr_t)16 << 30) /* larger: sanitizer shadows, reservations */
+#define SCAN_BUF 65536
+
+/*
+ * Scans [a, b) of this process through process_vm_readv(2) into a buffer:
+ * a page that cannot be read (a guard page, a range unmapped meanwhile by
+ * another thread, a sanitizer's protected shadow) is skipped instead of
+ * faulting.
+ */
+static void scan_copy(struct set_chunks *s, uintptr_t a, uintptr_t b)
+{
+    uint64_t *buf = s->buf;
+    pid_t self = getpid();
+    while (a < b) {
+        size_t n = b - a < SCAN_BUF ? b - a : SCAN_BUF;
+        struct iovec local = {buf, n}, remote = {(void *)a, n};
+        ssize_t got = process_vm_readv(self, &local, 1, &remote, 1, 0);
+        if (got <= 0) {
+            a = (a & ~(uintptr_t)4095) + 4096; /* the first page failed: skip it */
+            continue;
+        }
+        scan_words(s, buf, (size_t)got & ~(size_t)7);
+        a += (uintptr_t)got;
+    }
+}
 
 /*
  * Roots in this process: the live chunks of our private pools, and every
@@ -702,7 +728,7 @@ static void scan_process(struct set_chunks *s, const void *skip_lo, const void *
             continue;
         if (sp >= a && sp < b)
             a = sp & ~(uintptr_t)7;
-        scan_words(s, (const void *)a, b - a);
+        scan_copy(s, a, b);
     }
     fclose(f);
 }
@@ -724,11 +750,12 @@ static size_t reclaim_set(uint8_t set)
         return 0;
     __atomic_store_n(&om_g.arena->pending[set], om_g.proc_id, __ATOMIC_RELAXED);
     s.cap = s.n + 64;
-    size_t bytes = s.cap * (sizeof *s.h + 1 + sizeof *s.stack);
+    size_t bytes = SCAN_BUF + s.cap * (sizeof *s.h + 1 + sizeof *s.stack);
     void *m = om_map(bytes, false);
     if (!m)
         return 0;
-    s.h = m;
+    s.buf = m;
+    s.h = (struct om_chunk **)((char *)m + SCAN_BUF);
     s.stack = (size_t *)(s.h + s.cap);
     s.mark = (uint8_t *)(s.stack + s.cap);
     s.n = 0;
