@@ -145,6 +145,28 @@ static void header_underflow(void)
     AT(OPENSSL_free(p));
 }
 
+/* A chunk of the shared arena freed twice. */
+static void double_free_shared(void)
+{
+    if (ossl_mem_shared_begin() != 0)
+        _exit(8);
+    char *p = OPENSSL_malloc(40);
+    ossl_mem_shared_end();
+    OPENSSL_free(p);
+    AT(OPENSSL_free(p));
+}
+
+/* A pointer into the middle of a shared chunk. */
+static void interior_shared(void)
+{
+    if (ossl_mem_shared_begin() != 0)
+        _exit(8);
+    char *p = OPENSSL_malloc(64);
+    ossl_mem_shared_end();
+    AT(OPENSSL_free(p + 32));
+    OPENSSL_free(p);
+}
+
 static const struct bad_case cases[] = {
     {"double free", double_free, C_DOUBLE, 1, "double free of", NULL},
     {"double free, large chunk", double_free_large, C_DOUBLE, 1, "double free of", NULL},
@@ -162,6 +184,8 @@ static const struct bad_case cases[] = {
     {"realloc of freed chunk", realloc_freed, C_DOUBLE, 1, "realloc after free of", NULL},
     {"realloc of foreign pointer", realloc_foreign, C_INVALID, 1, "invalid realloc", NULL},
     {"header underflow", header_underflow, C_CORRUPT, 1, "corrupt chunk header", NULL},
+    {"double free, shared chunk", double_free_shared, C_DOUBLE, 1, "double free of", NULL},
+    {"interior pointer, shared chunk", interior_shared, C_INVALID, 1, "shared arena", NULL},
 };
 
 static uint64_t counter(enum ctr c)

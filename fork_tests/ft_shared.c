@@ -682,6 +682,36 @@ static void case_scan(const void *a, const void *b)
 }
 
 /* ------------------------------------------------------------------ */
+/* 8. An inherited free is not an error: on-error=abort does not abort */
+/* ------------------------------------------------------------------ */
+
+static void case_inherited_abort(const void *a, const void *b)
+{
+    (void)a, (void)b;
+    init_or_die("on-error=abort");
+    ossl_mem_shared_begin();
+    char *note = OPENSSL_strdup("kept by the parent");
+    ossl_mem_shared_end();
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid == 0) {
+        alarm(30);
+        OPENSSL_free(note); /* twice from one site: counted twice, reported once */
+        OPENSSL_free(note);
+        _exit(stats().inherited_frees == 2 ? 0 : 3);
+    }
+    int st;
+    waitpid(pid, &st, 0);
+    ossl_mem_worker_exited(pid);
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "a worker's free of the parent's shared chunk "
+          "under on-error=abort: refused, counted, survived");
+    CHECK(strcmp(note, "kept by the parent") == 0, "the chunk is intact in the parent");
+    OPENSSL_free(note);
+    CHECK(stats().shared_live_chunks == 0, "the owner's own free is performed");
+    exit(fails ? 1 : 0);
+}
+
+/* ------------------------------------------------------------------ */
 
 struct test_case {
     const char *name;
@@ -702,6 +732,7 @@ static const struct test_case cases[] = {
     {"100 reloads while 4 workers serve", case_reload, NULL, 120, NULL},
     {"exhaustion of a small arena", case_exhaust, NULL, 60, "shared arena full"},
     {"cross-pool scan", case_scan, NULL, 60, "private chunk"},
+    {"inherited free under on-error=abort", case_inherited_abort, NULL, 60, "inherited free"},
 };
 
 int main(int argc, char **argv)
