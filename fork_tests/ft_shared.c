@@ -682,6 +682,47 @@ static void case_scan(const void *a, const void *b)
 }
 
 /* ------------------------------------------------------------------ */
+/* 7b. Without the warm-up and the lazy fill: the control case          */
+/* ------------------------------------------------------------------ */
+
+/*
+ * no-shared-prepare: the first worker to verify a certificate fills the
+ * shared certificates' lazily computed fields (cached extensions, name
+ * encodings) with its private memory, and its siblings follow pointers into
+ * memory they do not have. Some worker must fail (or its cross-pool scan
+ * must complain); with the defaults the same run is clean (case verify).
+ */
+static void case_unprepared(const void *a, const void *b)
+{
+    (void)a, (void)b;
+    init_or_die("no-shared-prepare");
+    struct shared_set s;
+    if (build_shared(&s, 0) != 0)
+        exit(1);
+    pid_t pid[4];
+    fflush(NULL);
+    for (int w = 0; w < 4; w++)
+        if ((pid[w] = fork()) == 0) {
+            signal(SIGALRM, SIG_DFL);
+            alarm(30);
+            int ok = handshakes(s.srv, s.cli, 100, 0, NULL, 0);
+            long problems = ossl_mem_check();
+            _exit(ok == 100 && problems == 0 ? 0 : 3);
+        }
+    int clean = 0;
+    for (int w = 0; w < 4; w++) {
+        int st;
+        waitpid(pid[w], &st, 0);
+        clean += WIFEXITED(st) && WEXITSTATUS(st) == 0;
+        ossl_mem_worker_exited(pid[w]);
+    }
+    printf("no-shared-prepare: %d of 4 workers clean\n", clean);
+    CHECK(clean < 4, "without the warm-up and the lazy fill, workers fail (%d of 4 clean): "
+          "what shared-prepare prevents", clean);
+    exit(fails ? 1 : 0);
+}
+
+/* ------------------------------------------------------------------ */
 /* 8. An inherited free is not an error: on-error=abort does not abort */
 /* ------------------------------------------------------------------ */
 
@@ -733,6 +774,7 @@ static const struct test_case cases[] = {
     {"exhaustion of a small arena", case_exhaust, NULL, 60, "shared arena full"},
     {"cross-pool scan", case_scan, NULL, 60, "private chunk"},
     {"inherited free under on-error=abort", case_inherited_abort, NULL, 60, "inherited free"},
+    {"unprepared contexts (control)", case_unprepared, NULL, 120, NULL},
 };
 
 int main(int argc, char **argv)

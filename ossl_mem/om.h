@@ -187,6 +187,7 @@ struct om_opts {
     size_t reserve;         /* private address space to reserve */
     size_t shared;          /* bytes of the shared arena (0: none) */
     bool shared_locks;      /* make OpenSSL's locks in the arena process-shared */
+    bool shared_prepare;    /* warm-up before the first scope, lazy fill at registration */
 };
 
 /* Fault kinds, each with its counter. */

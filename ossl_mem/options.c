@@ -39,6 +39,10 @@ static const struct option table[] = {
     {"shared-locks", K_BOOL, "on",
      "make OpenSSL's locks that live in the arena process-shared; without it a worker can "
      "wait forever for a lock a sibling released (testing only)", F(shared_locks)},
+    {"shared-prepare", K_BOOL, "on",
+     "warm OpenSSL up privately before the first shared scope and fill a context's lazily "
+     "computed state (and RSA blinding) at registration; off only to show what fails without",
+     F(shared_prepare)},
     {"help", K_HELP, "-", "print this table on stderr", 0},
 };
 
@@ -53,6 +57,7 @@ void om_opts_default(struct om_opts *o)
     o->reserve = (size_t)32 << 30;
     o->shared = (size_t)64 << 20;
     o->shared_locks = true;
+    o->shared_prepare = true;
 }
 
 void ossl_mem_options_help(FILE *out)

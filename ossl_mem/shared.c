@@ -272,11 +272,13 @@ int ossl_mem_shared_begin(void)
         return OSSL_MEM_E_INVAL;
     if (tc->shared_depth >= OSSL_MEM_MAX_TAG_DEPTH)
         return OSSL_MEM_E_SCOPE;
-    if (tc->shared_depth == 0) {
+    if (tc->shared_depth == 0 && om_g.opt.shared_prepare) {
         if (!warmed)
             warm_up();
         if (!thread_warmed)
             warm_thread();
+    }
+    if (tc->shared_depth == 0) {
         om_arena_lock();
         tc->shared_set = om_arena_new_set();
         om_arena_unlock();
@@ -565,10 +567,9 @@ int ossl_mem_share_ssl_ctx(SSL_CTX *ctx)
         return OSSL_MEM_E_INVAL;
     }
     /* safe to share: no internal session store, lazy fields filled, the trust store sorted */
-    
     SSL_CTX_set_session_cache_mode(ctx, SSL_CTX_get_session_cache_mode(ctx) |
                                             SSL_SESS_CACHE_NO_INTERNAL);
-    if (!fill_lazy(ctx, h->flags))
+    if (om_g.opt.shared_prepare && !fill_lazy(ctx, h->flags))
         return OSSL_MEM_E_SCOPE;
     om_arena_lock();
     struct om_sctx *e = NULL;
