@@ -65,8 +65,14 @@ struct ossl_mem_config {
  * be NULL: defaults plus OSSL_MEM_OPTIONS. Returns 0, or OSSL_MEM_E_TOO_LATE
  * when OpenSSL already allocated, OSSL_MEM_E_AGAIN on a second call,
  * OSSL_MEM_E_OPTIONS for bad options, OSSL_MEM_E_HOOKED when another
- * allocator is already installed, OSSL_MEM_E_NOMEM when the pools cannot be
- * mapped. On failure nothing is installed and OpenSSL is left alone.
+ * allocator is already installed, OSSL_MEM_E_NOMEM when the pools or the
+ * shared arena (option shared=SIZE) cannot be mapped. On failure nothing is
+ * installed and OpenSSL is left alone. It also checks, with one real
+ * CRYPTO_THREAD_lock_new(), that libcrypto's pthread_rwlock_init() calls
+ * reach libossl_mem.so (the lock interposition that makes OpenSSL's locks in
+ * the arena process-shared); if they do not (a static link, or the library
+ * loaded after libc), it says so in one line on stderr and shared scopes
+ * will be refused with OSSL_MEM_E_LOCKS, while the private pools work.
  */
 OSSL_MEM_API int ossl_mem_init(const struct ossl_mem_config *cfg);
 
