@@ -384,10 +384,20 @@ void om_arena_fork_child(void)
 {
     if (!A)
         return;
-    om_g.proc_id = om_arena_new_id();
-    A->id_pid[om_g.proc_id] = om_g.my_pid;
     om_g.proc_slot = -1;
     om_arena_lock();
+    /* an id no live process holds (ids wrap after 65,535 forks; 1 is the root's forever) */
+    for (;;) {
+        uint16_t id = om_arena_new_id();
+        bool taken = id == 1;
+        for (int i = 0; i < OM_MAXPROC && !taken; i++)
+            taken = A->procs[i].pid && A->procs[i].id == id;
+        if (!taken) {
+            om_g.proc_id = id;
+            break;
+        }
+    }
+    A->id_pid[om_g.proc_id] = om_g.my_pid;
     for (int i = 0; i < OM_MAXPROC; i++)
         if (A->procs[i].pid == 0 || (kill(A->procs[i].pid, 0) != 0 && errno == ESRCH)) {
             if (A->procs[i].pid != 0) /* a process that vanished unreported: it holds nothing */

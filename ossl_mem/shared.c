@@ -328,7 +328,7 @@ static long find_refcount(SSL_CTX *ctx, size_t size)
         int a, b;
         memcpy(&a, before + i, sizeof a);
         memcpy(&b, (unsigned char *)ctx + i, sizeof b);
-        if (b == a + 1 && a >= 1)
+        if (a >= 1 && a < 0x7fffffff && b == a + 1)
             off = (long)i, hits++;
     }
     SSL_CTX_free(ctx); /* the count was at least 2: only drops our reference */
@@ -893,7 +893,7 @@ int ossl_mem_ssl_ctx_done(SSL_CTX *ctx)
     om_arena_lock();
     int rc = 0;
     int slot = om_g.proc_slot;
-    uint64_t bit = 1ull << (slot % 64);
+    uint64_t bit = slot >= 0 ? 1ull << (slot % 64) : 0;
     if (!ctx) {
         /* a quiescent state: done with every context retired so far */
         for (int i = 0; i < OM_MAXCTX && slot >= 0; i++)
