@@ -299,7 +299,7 @@ void om_arena_free(struct om_chunk *h, uint16_t fsite)
     }
     size_t cap = chunk_cap(h), span = chunk_span(h);
     if (om_g.opt.zero)
-        om_wipe(om_user(h), cap);
+        om_scrub(om_user(h), cap);
     om_hdr_restate(h, OM_ST_FREED, fsite);
     A->used -= span;
     A->live_chunks--;

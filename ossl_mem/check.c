@@ -19,15 +19,6 @@ static void problem(struct walk *w, enum om_fault f, const struct om_chunk *h, c
     }
 }
 
-/* Whether the usable area of a freed chunk is still all zero (the first word may hold a link). */
-static bool body_clean(const struct om_chunk *h, size_t usable)
-{
-    const uint64_t *q = (const uint64_t *)(h + 1);
-    for (size_t i = 1; i < usable / 8; i++)
-        if (q[i])
-            return false;
-    return true;
-}
 
 /*
  * Checks one private chunk. Headers are read twice and a chunk whose header
@@ -50,13 +41,19 @@ static void check_small(struct om_chunk *h, size_t usable, void *arg)
     if (state == OM_ST_LIVE) {
         if (h->size > usable)
             problem(w, OM_F_CORRUPT, h, "size larger than its class");
+        else if (!om_canary_intact(h + 1, h->size, usable)) {
+            om_hdr_load(h, &v0, &v1);
+            if (v0 == w0 && v1 == w1 && !om_canary_intact(h + 1, h->size, usable))
+                problem(w, OM_F_OVERFLOW, h, "canary after the requested size overwritten "
+                                             "(buffer overflow)");
+        }
         return;
     }
     if (state != OM_ST_FREED && state != OM_ST_QUAR) {
         problem(w, OM_F_CORRUPT, h, "unknown state");
         return;
     }
-    if (om_g.opt.zero && !body_clean(h, usable)) {
+    if (!om_freed_intact(h, usable)) {
         om_hdr_load(h, &v0, &v1);
         if (v0 == w0 && v1 == w1)
             problem(w, OM_F_UAF_WRITE, h, "freed chunk was written to after free");
@@ -70,6 +67,9 @@ static void check_large(struct om_chunk *h, size_t usable, void *arg)
     om_hdr_load(h, &w0, &w1);
     if (!om_hdr_valid(h, w0, w1) || h->cls != OM_CLS_LARGE || h->state != OM_ST_LIVE)
         problem(arg, OM_F_CORRUPT, h, "large chunk header fails its check (overwritten)");
+    else if (!om_canary_intact(h + 1, h->size, usable))
+        problem(arg, OM_F_OVERFLOW, h, "canary after the requested size overwritten "
+                                       "(buffer overflow)");
 }
 
 /*
@@ -125,11 +125,14 @@ static void check_shared(struct om_chunk *h, size_t usable, void *arg)
     if (h->state == OM_ST_LIVE) {
         if (h->size > usable)
             problem(w, OM_F_CORRUPT, h, "size larger than its capacity");
-        else if (om_g.forked)
+        else if (!om_canary_intact(h + 1, h->size, usable))
+            problem(w, OM_F_OVERFLOW, h, "canary after the requested size of a shared chunk "
+                                         "overwritten (buffer overflow)");
+        if (h->size <= usable && om_g.forked)
             scan_shared(w, h);
     } else if (h->state != OM_ST_FREED) {
         problem(w, OM_F_CORRUPT, h, "unknown state");
-    } else if (om_g.opt.zero && !body_clean(h, usable)) {
+    } else if (!om_freed_intact(h, usable)) {
         problem(w, OM_F_UAF_WRITE, h, "freed shared chunk was written to after free");
     }
 }

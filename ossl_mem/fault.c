@@ -67,6 +67,7 @@ static const char *const fault_name[OM_F_COUNT] = {
     [OM_F_HOOKS] = "allocator hooks replaced",
     [OM_F_INHERITED] = "inherited free",
     [OM_F_CROSS_POOL] = "private pointer in shared memory",
+    [OM_F_OVERFLOW] = "buffer overflow",
 };
 
 static const char *const fault_action[OM_F_COUNT] = {
@@ -79,6 +80,7 @@ static const char *const fault_action[OM_F_COUNT] = {
     [OM_F_HOOKS] = "reported",
     [OM_F_INHERITED] = "left to its owner",
     [OM_F_CROSS_POOL] = "reported",
+    [OM_F_OVERFLOW] = "reported",
 };
 
 /*

@@ -64,6 +64,8 @@ bool om_hooks_ours(void)
     CRYPTO_realloc_fn r;
     CRYPTO_free_fn f;
     CRYPTO_get_mem_functions(&m, &r, &f);
+    if (om_dbg_on())
+        return m == om_dbg_malloc && r == om_dbg_realloc && f == om_dbg_free;
     return m == om_malloc_cb && r == om_realloc_cb && f == om_free_cb;
 }
 
@@ -209,10 +211,11 @@ int ossl_mem_init(const struct ossl_mem_config *cfg)
     om_g.proc_slot = -1;
     om_g.my_pid = getpid();
     if ((rc = om_site_init()) || (rc = om_pool_init()) || (rc = om_large_init()) ||
-        (rc = om_tc_init()) || (rc = om_arena_init()))
+        (rc = om_tc_init()) || (rc = om_arena_init()) || (rc = om_dbg_init()))
         goto fail; /* mappings made so far stay: a process that cannot map 1 MiB is going down */
     pthread_atfork(fork_prepare, fork_parent, fork_child);
-    if (!CRYPTO_set_mem_functions(om_malloc_cb, om_realloc_cb, om_free_cb)) {
+    if (om_dbg_on() ? !CRYPTO_set_mem_functions(om_dbg_malloc, om_dbg_realloc, om_dbg_free)
+                    : !CRYPTO_set_mem_functions(om_malloc_cb, om_realloc_cb, om_free_cb)) {
         rc = OSSL_MEM_E_TOO_LATE;
         goto fail;
     }
@@ -280,6 +283,8 @@ int ossl_mem_get_stats(struct ossl_mem_stats *st)
     st->double_frees = om_g.faults[OM_F_DOUBLE_FREE] + om_g.faults[OM_F_DOUBLE_REALLOC];
     st->invalid_frees = om_g.faults[OM_F_INVALID_FREE] + om_g.faults[OM_F_INVALID_REALLOC];
     st->uaf_writes = om_g.faults[OM_F_UAF_WRITE];
+    st->overflows = om_g.faults[OM_F_OVERFLOW];
+    om_dbg_stats(st);
     st->corrupt_headers = om_g.faults[OM_F_CORRUPT];
     st->private_mapped = om_pool_mapped() + atomic_load(&om_g.large_mapped);
     st->large_chunks = atomic_load(&om_g.large_live);

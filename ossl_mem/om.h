@@ -188,6 +188,23 @@ struct om_opts {
     size_t shared;          /* bytes of the shared arena (0: none) */
     bool shared_locks;      /* make OpenSSL's locks in the arena process-shared */
     bool shared_prepare;    /* warm-up before the first scope, lazy fill at registration */
+    /* debugging options: any of them installs the checking entry points (debug.c) */
+    bool poison;            /* fill new chunks with <poison_byte> */
+    uint8_t poison_byte;
+    bool fill;              /* pattern on free, verified at reuse and by ossl_mem_check */
+    bool canary;            /* keyed bytes after the requested size */
+    bool caller;            /* record OpenSSL's allocation and free sites (default on) */
+    bool fail_set;          /* a fail= option was given: failure injection is armed */
+    uint64_t fail_nth;      /* fail this allocation call (1: the first), 0: none */
+    uint64_t fail_one_in;   /* fail one call in this many, at random, 0: none */
+    uint64_t seed;          /* seed of fail=1/N */
+    size_t limit;           /* most live private bytes, 0: none */
+    size_t check_every;     /* run ossl_mem_check() every this many operations, 0: never */
+    unsigned ntag_limits;
+    struct om_tag_limit {
+        char tag[OSSL_MEM_TAG_NAME_MAX + 1];
+        size_t bytes;
+    } tag_limits[8];        /* tag-limit=TAG:SIZE */
 };
 
 /* Fault kinds, each with its counter. */
@@ -201,6 +218,7 @@ enum om_fault {
     OM_F_HOOKS,             /* our OpenSSL hooks were replaced */
     OM_F_INHERITED,         /* free of a shared chunk by a non-owner outside a scope: refused */
     OM_F_CROSS_POOL,        /* a shared chunk points into private memory others cannot see */
+    OM_F_OVERFLOW,          /* the canary after a chunk's requested size was overwritten */
     OM_F_COUNT
 };
 
@@ -460,6 +478,24 @@ static inline void om_wipe(void *p, size_t n)
     __asm__ volatile("" : : "r"(p) : "memory");
 }
 
+/* The pattern the fill option writes over freed chunks. */
+#define OM_FILL_BYTE 0xDF
+#define OM_FILL_WORD 0xDFDFDFDFDFDFDFDFull
+
+/*
+ * Scrubs the <n> usable bytes of a chunk being freed (a multiple of 16):
+ * zeros, or the fill pattern with the fill option (which sets zero too).
+ */
+static inline void om_scrub(void *p, size_t n)
+{
+    if (OM_UNLIKELY(om_g.opt.fill)) {
+        memset(p, OM_FILL_BYTE, n);
+        __asm__ volatile("" : : "r"(p) : "memory");
+    } else {
+        om_wipe(p, n);
+    }
+}
+
 /*
  * Maps <len> zeroed bytes of our own metadata (MAP_SHARED when <shared>, so
  * that the mapping is seen by every process forked later). Returns NULL
@@ -550,6 +586,26 @@ OM_HIDDEN void om_free_cb(void *p, const char *file, int line);
 
 /* check.c */
 OM_HIDDEN bool om_hooks_ours(void);
+
+/* A live chunk found by om_chunk_live(). */
+struct om_live {
+    struct om_chunk *h;     /* its header */
+    size_t size;            /* requested bytes */
+    size_t cap;             /* usable bytes */
+    bool shared;            /* in the shared arena */
+};
+OM_HIDDEN bool om_chunk_live(const void *p, struct om_live *c);
+
+/* debug.c: the checking entry points */
+OM_HIDDEN bool om_dbg_wanted(const struct om_opts *o);
+OM_HIDDEN int om_dbg_init(void);
+OM_HIDDEN bool om_dbg_on(void);
+OM_HIDDEN void om_dbg_stats(struct ossl_mem_stats *st);
+OM_HIDDEN void *om_dbg_malloc(size_t n, const char *file, int line);
+OM_HIDDEN void *om_dbg_realloc(void *p, size_t n, const char *file, int line);
+OM_HIDDEN void om_dbg_free(void *p, const char *file, int line);
+OM_HIDDEN bool om_canary_intact(const void *user, size_t size, size_t cap);
+OM_HIDDEN bool om_freed_intact(const struct om_chunk *h, size_t usable);
 
 /* arena.c: the shared arena (allocator, robust lock, process table) */
 OM_HIDDEN int om_arena_init(void);

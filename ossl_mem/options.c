@@ -5,7 +5,7 @@
 
 #include "om.h"
 
-enum kind { K_SIZE, K_BOOL, K_POLICY, K_PATH, K_HELP };
+enum kind { K_SIZE, K_BOOL, K_POLICY, K_PATH, K_HELP, K_BYTE, K_FAIL, K_TAGLIMIT, K_COUNT };
 
 struct option {
     const char *name;   /* word in the options string */
@@ -43,6 +43,34 @@ static const struct option table[] = {
      "warm OpenSSL up privately before the first shared scope and fill a context's lazily "
      "computed state (and RSA blinding) at registration; off only to show what fails without",
      F(shared_prepare)},
+    {"poison", K_BYTE, "off",
+     "fill every new chunk with BYTE (0x50 if none is given; decimal or 0x..), so code that "
+     "reads memory it never wrote sees a recognisable value", F(poison)},
+    {"fill", K_BOOL, "off",
+     "write a pattern (0xdf) over every freed chunk instead of zeros, and verify it when the "
+     "chunk is handed out again and in ossl_mem_check: a write after free is counted in "
+     "uaf_writes and reported with the allocating and freeing sites", F(fill)},
+    {"canary", K_BOOL, "off",
+     "keyed bytes (8 to 23) right after each chunk's requested size, checked on free, realloc "
+     "and by ossl_mem_check: an overflow is counted in overflows and reported with the "
+     "allocation site", F(canary)},
+    {"caller", K_BOOL, "on",
+     "record OpenSSL's file:line of every allocation and of the last free in the chunk's "
+     "header (no cost) and print them in every report; no-caller records nothing",
+     F(caller)},
+    {"fail", K_FAIL, "off",
+     "failure injection: fail the Nth allocation call (malloc, or realloc to a non-zero "
+     "size), or each call with probability 1/N (fail=1/N, seeded by seed=); fail=0 only arms "
+     "it for ossl_mem_fail_at()", F(fail_nth)},
+    {"seed", K_COUNT, "1", "seed of fail=1/N (the same seed fails the same calls)", F(seed)},
+    {"limit", K_SIZE, "none",
+     "allocations that would take the live private bytes beyond SIZE return NULL (counted "
+     "in failed_allocs)", F(limit)},
+    {"tag-limit", K_TAGLIMIT, "none",
+     "the same for the live bytes allocated under one tag; may be given up to 8 times",
+     F(tag_limits)},
+    {"check", K_COUNT, "0",
+     "run ossl_mem_check() every N allocator operations (0: never)", F(check_every)},
     {"help", K_HELP, "-", "print this table on stderr", 0},
 };
 
@@ -58,6 +86,9 @@ void om_opts_default(struct om_opts *o)
     o->shared = (size_t)64 << 20;
     o->shared_locks = true;
     o->shared_prepare = true;
+    o->caller = true;
+    o->poison_byte = 0x50;
+    o->seed = 1;
 }
 
 void ossl_mem_options_help(FILE *out)
@@ -68,6 +99,10 @@ void ossl_mem_options_help(FILE *out)
         const char *form = op->kind == K_SIZE     ? "=SIZE"
                            : op->kind == K_POLICY ? "=report|abort|ignore"
                            : op->kind == K_PATH   ? "=stderr|FILE"
+                           : op->kind == K_BYTE   ? "[=BYTE]"
+                           : op->kind == K_FAIL   ? "=N|1/N"
+                           : op->kind == K_TAGLIMIT ? "=TAG:SIZE"
+                           : op->kind == K_COUNT  ? "=N"
                                                   : "";
         char head[64];
         snprintf(head, sizeof head, "%s%s%s", op->kind == K_BOOL ? "[no-]" : "", op->name, form);
@@ -99,6 +134,24 @@ static int parse_size(const char *v, size_t len, size_t *out)
     if (*end || (shift && n > (~0ull >> shift)))
         return -1;
     *out = (size_t)(n << shift);
+    return 0;
+}
+
+/* Parses a plain number, decimal or 0x hexadecimal, without suffix. Returns 0 or -1. */
+static int parse_number(const char *v, size_t len, size_t *out)
+{
+    if (len == 0 || len > 30 || *v < '0' || *v > '9')
+        return -1;
+    char buf[32];
+    memcpy(buf, v, len);
+    buf[len] = 0;
+    char *end;
+    errno = 0;
+    bool hex = len > 2 && buf[0] == '0' && (buf[1] == 'x' || buf[1] == 'X');
+    unsigned long long n = strtoull(hex ? buf + 2 : buf, &end, hex ? 16 : 10);
+    if (errno || *end || (hex && (buf[2] < '0' || buf[2] == '-')))
+        return -1;
+    *out = (size_t)n;
     return 0;
 }
 
@@ -145,8 +198,8 @@ int om_opts_parse(struct om_opts *o, const char *s, const char *origin, char *er
                      (int)wlen, w, origin);
             return OSSL_MEM_E_OPTIONS;
         }
-        bool need_value = op->kind == K_SIZE || op->kind == K_POLICY || op->kind == K_PATH;
-        if (need_value != (v != NULL) || (v && vlen == 0)) {
+        bool need_value = op->kind != K_BOOL && op->kind != K_HELP;
+        if ((op->kind == K_BYTE ? false : need_value != (v != NULL)) || (v && vlen == 0)) {
             snprintf(err, errlen, "option '%.*s' in %s %s", (int)wlen, w, origin,
                      need_value ? "needs a value (name=value)" : "takes no value");
             return OSSL_MEM_E_OPTIONS;
@@ -185,6 +238,47 @@ int om_opts_parse(struct om_opts *o, const char *s, const char *origin, char *er
         case K_HELP:
             ossl_mem_options_help(stderr);
             break;
+        case K_BYTE: {
+            size_t b = o->poison_byte;
+            bad = v && (parse_number(v, vlen, &b) || b > 255);
+            o->poison = true;
+            o->poison_byte = (uint8_t)b;
+            break;
+        }
+        case K_COUNT:
+            bad = parse_number(v, vlen, (size_t *)field);
+            break;
+        case K_FAIL: {
+            size_t n;
+            o->fail_set = true;
+            if (vlen > 2 && memcmp(v, "1/", 2) == 0) {
+                bad = parse_number(v + 2, vlen - 2, &n) || n == 0;
+                o->fail_one_in = n;
+                o->fail_nth = 0;
+            } else {
+                bad = parse_number(v, vlen, &n);
+                o->fail_nth = n;
+                o->fail_one_in = 0;
+            }
+            break;
+        }
+        case K_TAGLIMIT: {
+            const char *colon = memchr(v, ':', vlen);
+            size_t tlen = colon ? (size_t)(colon - v) : 0;
+            if (!colon || tlen == 0 || tlen > OSSL_MEM_TAG_NAME_MAX ||
+                o->ntag_limits >= sizeof o->tag_limits / sizeof o->tag_limits[0]) {
+                bad = 1;
+                break;
+            }
+            struct om_tag_limit *tl = &o->tag_limits[o->ntag_limits];
+            bad = parse_size(colon + 1, vlen - tlen - 1, &tl->bytes);
+            if (!bad) {
+                memcpy(tl->tag, v, tlen);
+                tl->tag[tlen] = 0;
+                o->ntag_limits++;
+            }
+            break;
+        }
         }
         if (bad) {
             snprintf(err, errlen, "bad value in option '%.*s' in %s", (int)wlen, w, origin);

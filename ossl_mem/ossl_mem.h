@@ -140,6 +140,8 @@ struct ossl_mem_stats {
     uint64_t shared_contexts;   /* registered shared contexts not yet destroyed (all processes) */
     uint64_t shared_reclaimed;  /* arena chunks released by context destruction (this process) */
     uint64_t lock_inits_shared; /* OpenSSL locks made process-shared (this process) */
+    uint64_t fail_points;       /* allocation calls seen by failure injection (option fail=) */
+    uint64_t injected_failures; /* of those, failed on purpose (counted in failed_allocs too) */
 };
 
 /* Fills <st>. Returns 0 or OSSL_MEM_E_NOT_INIT / OSSL_MEM_E_INVAL. */
@@ -240,6 +242,17 @@ OSSL_MEM_API int ossl_mem_retire_ssl_ctx(struct ssl_ctx_st *ctx);
 OSSL_MEM_API int ossl_mem_ssl_ctx_done(struct ssl_ctx_st *ctx);
 OSSL_MEM_API int ossl_mem_worker_exited(pid_t pid);
 OSSL_MEM_API int ossl_mem_reclaim(void);
+
+/*
+ * Failure injection, for tests of OpenSSL's error paths: makes the <nth>
+ * allocation call from now on fail (1: the next one; malloc, and realloc to
+ * a non-zero size, count; shared and private alike), and no other; 0
+ * cancels. It needs the option fail= at init (fail=0 arms it without
+ * failing anything), because only then are the checking entry points
+ * installed. Returns 0, OSSL_MEM_E_NOT_INIT, or OSSL_MEM_E_INVAL when fail=
+ * was not given.
+ */
+OSSL_MEM_API int ossl_mem_fail_at(uint64_t nth);
 
 /*
  * For tests of the arena lock's robustness only: takes the shared arena's

@@ -80,6 +80,45 @@ static enum where locate(const void *p, struct found *f, const char *file, int l
     return W_NOT_OURS;
 }
 
+/*
+ * Whether <p> is the start of a live chunk of ours whose header passes its
+ * check; fills <c>. Reports nothing (the debugging entry points call it
+ * before they hand the pointer to the router, which reports).
+ */
+bool om_chunk_live(const void *p, struct om_live *c)
+{
+    const char *why = NULL;
+    uint64_t w0, w1;
+    struct om_chunk *h = om_pool_find(p, &why);
+    c->shared = false;
+    if (h) {
+        om_hdr_load(h, &w0, &w1);
+        if (!om_hdr_valid(h, w0, w1) || h->state != OM_ST_LIVE || h->cls != om_run_class(h))
+            return false;
+        c->cap = om_cls[h->cls].size;
+        c->size = h->size;
+    } else if (why) {
+        return false;
+    } else if (om_in_arena(p)) {
+        h = om_arena_find(p, &why, &c->cap);
+        if (!h)
+            return false;
+        om_hdr_load(h, &w0, &w1);
+        if (!om_hdr_valid(h, w0, w1) || h->state != OM_ST_LIVE)
+            return false;
+        c->size = h->size;
+        c->shared = true;
+    } else {
+        if (om_large_find(p, &h, &c->size, &c->cap) != 1)
+            return false;
+        om_hdr_load(h, &w0, &w1);
+        if (!om_hdr_valid(h, w0, w1))
+            return false;
+    }
+    c->h = h;
+    return true;
+}
+
 /* Reports a free or realloc of something that is not a live chunk. */
 static OM_COLD void bad_pointer(enum where w, const struct found *f, void *p, const char *file,
                                 int line, bool is_realloc)
@@ -121,7 +160,7 @@ static inline __attribute__((always_inline)) void free_small(struct om_tc *tc, s
     om_stat_free(tc, size);
     uint32_t usable = om_cls[cls].size;
     if (om_g.opt.zero)
-        om_wipe(om_user(h), usable);
+        om_scrub(om_user(h), usable);
     /* a live header has free site 0: the check changes by constants and the new site's mix */
     uint16_t sitemix = om_mix16(fsite, om_g.site_key);
     h->fsite = fsite;

@@ -1,0 +1,383 @@
+/*
+ * debug.c - the checking entry points: installed in OpenSSL instead of
+ * router.c's when a debugging option is on (poison, fill, canary,
+ * no-caller, fail, limit, tag-limit, check), so that with the defaults
+ * none of this costs anything.
+ *
+ * Each entry point does its checks and its bookkeeping, then calls the
+ * router for the allocation itself. With canaries the router is asked for
+ * 8 bytes more than requested; the header is then set back to the
+ * requested size, and the bytes from there to the next 16-byte boundary
+ * past those 8 (8 to 23 bytes, never beyond the chunk's capacity) hold
+ * values keyed by the chunk's address and the process's cookie.
+ */
+#include <stdio.h>
+
+#include "om.h"
+
+#define CANARY_MIN  8    /* bytes always added to a request */
+
+static struct {
+    bool on;                            /* the entry points are installed */
+    uint64_t canary_key;                /* secret of canary bytes */
+    _Atomic uint64_t points;            /* allocation calls seen by failure injection */
+    _Atomic uint64_t fail_at;           /* the call (value of <points>) that fails, 0: none */
+    _Atomic uint64_t injected;          /* failures injected */
+    _Atomic uint64_t ops;               /* operations, for check=N */
+    bool limits;                        /* limit= or tag-limit= given */
+    _Atomic int64_t live;               /* live private requested bytes (limit=) */
+    _Atomic int64_t tag_live[OSSL_MEM_MAX_TAGS];
+    int64_t tag_limit[OSSL_MEM_MAX_TAGS]; /* 0: none */
+} dbg;
+
+/* ------------------------------------------------------------------ */
+/* Canaries and fill patterns                                          */
+/* ------------------------------------------------------------------ */
+
+/* End (exclusive, from the user pointer) of the canary of a chunk of <size> bytes and capacity <cap>. */
+static size_t canary_end(size_t size, size_t cap)
+{
+    size_t end = (size + CANARY_MIN + 15) & ~(size_t)15;
+    return end < cap ? end : cap;
+}
+
+/* Canary byte at offset <j> of the chunk whose user pointer is <user>. */
+static inline uint8_t canary_byte(const void *user, size_t j)
+{
+    uint64_t k = (dbg.canary_key ^ (uint64_t)(uintptr_t)user) * 0x9E3779B97F4A7C15ull;
+    return (uint8_t)(k >> ((j & 7) * 8 + 1)) | 1; /* never 0: a zeroed tail is not a canary */
+}
+
+static void canary_write(void *user, size_t size, size_t cap)
+{
+    uint8_t *c = user;
+    for (size_t j = size, end = canary_end(size, cap); j < end; j++)
+        c[j] = canary_byte(user, j);
+}
+
+bool om_canary_intact(const void *user, size_t size, size_t cap)
+{
+    if (!om_g.opt.canary || size >= UINT32_MAX)
+        return true;
+    const uint8_t *c = user;
+    for (size_t j = size, end = canary_end(size, cap); j < end; j++)
+        if (c[j] != canary_byte(user, j))
+            return false;
+    return true;
+}
+
+/*
+ * Whether the usable area of a freed chunk holds what free left there: the
+ * fill pattern (fill) or zeros (zero). The first word may hold a free-list
+ * link, or 0 once the chunk left the central list.
+ */
+bool om_freed_intact(const struct om_chunk *h, size_t usable)
+{
+    if (!om_g.opt.zero)
+        return true;
+    uint64_t pat = om_g.opt.fill ? OM_FILL_WORD : 0;
+    const uint64_t *q = (const uint64_t *)(h + 1);
+    for (size_t i = 1; i < usable / 8; i++)
+        if (q[i] != pat)
+            return false;
+    return true;
+}
+
+/* Reports a canary found damaged in live chunk <h> by an operation at <file>:<line>. */
+static OM_COLD void overflow(const struct om_chunk *h, const void *user, const char *file,
+                             int line, const char *when)
+{
+    om_fault(OM_F_OVERFLOW, user, h, file, line, when);
+}
+
+/* ------------------------------------------------------------------ */
+/* Failure injection, limits, periodic checks                          */
+/* ------------------------------------------------------------------ */
+
+/* Whether this allocation call is one failure injection fails. */
+static bool inject(void)
+{
+    if (!om_g.opt.fail_set)
+        return false;
+    uint64_t k = atomic_fetch_add(&dbg.points, 1) + 1;
+    bool f = k == atomic_load_explicit(&dbg.fail_at, memory_order_relaxed);
+    if (!f && om_g.opt.fail_one_in) {
+        uint64_t x = (k ^ om_g.opt.seed * 0xD6E8FEB86659FD93ull) * 0x9E3779B97F4A7C15ull;
+        x ^= x >> 31;
+        x *= 0xBF58476D1CE4E5B9ull;
+        x ^= x >> 29;
+        f = x % om_g.opt.fail_one_in == 0;
+    }
+    if (f)
+        atomic_fetch_add(&dbg.injected, 1);
+    return f;
+}
+
+/* Adds <n> live private bytes under <tag>; false (and nothing added) when a limit would be passed. */
+static bool charge(size_t n, uint8_t tag)
+{
+    if (!dbg.limits)
+        return true;
+    int64_t d = (int64_t)n;
+    int64_t l = atomic_fetch_add(&dbg.live, d) + d;
+    if (om_g.opt.limit && l > (int64_t)om_g.opt.limit) {
+        atomic_fetch_sub(&dbg.live, d);
+        return false;
+    }
+    l = atomic_fetch_add(&dbg.tag_live[tag], d) + d;
+    if (dbg.tag_limit[tag] && l > dbg.tag_limit[tag]) {
+        atomic_fetch_sub(&dbg.tag_live[tag], d);
+        atomic_fetch_sub(&dbg.live, d);
+        return false;
+    }
+    return true;
+}
+
+static void uncharge(size_t n, uint8_t tag)
+{
+    if (!dbg.limits)
+        return;
+    atomic_fetch_sub(&dbg.live, (int64_t)n);
+    atomic_fetch_sub(&dbg.tag_live[tag], (int64_t)n);
+}
+
+/* Runs ossl_mem_check() every check=N operations. */
+static void tick(void)
+{
+    size_t every = om_g.opt.check_every;
+    if (every && atomic_fetch_add(&dbg.ops, 1) % every == every - 1)
+        ossl_mem_check();
+}
+
+/* A request refused by injection or a limit: counted as a failed allocation. */
+static void *refuse(struct om_tc *tc)
+{
+    OM_CTR_ADD(tc->st.failed, 1);
+    om_tc_leave(tc);
+    errno = ENOMEM;
+    return NULL;
+}
+
+/* ------------------------------------------------------------------ */
+/* The entry points                                                    */
+/* ------------------------------------------------------------------ */
+
+/*
+ * With fill: verifies the chunk the thread cache will hand out next for a
+ * request of <want> bytes, while its header still tells its last life. A
+ * chunk never handed out is all zero; a freed one must hold the pattern.
+ */
+static void verify_next(struct om_tc *tc, size_t want, const char *file, int line)
+{
+    if (tc->orphan || want > OM_SMALL_MAX)
+        return;
+    unsigned cls = om_size_class(want);
+    if (tc->n[cls] == 0) {
+        om_op_begin(tc);
+        om_tc_refill(tc, cls);
+        om_op_end(tc);
+        if (tc->n[cls] == 0)
+            return;
+    }
+    struct om_chunk *h = tc->slot[cls][tc->n[cls] - 1];
+    uint64_t w0, w1;
+    om_hdr_load(h, &w0, &w1);
+    if (w0 == 0 && w1 == 0)
+        return;
+    if (!om_hdr_valid(h, w0, w1) || h->state != OM_ST_FREED) {
+        om_fault(OM_F_CORRUPT, om_user(h), NULL, file, line,
+                 "header of a freed chunk overwritten (buffer underflow or write after free); "
+                 "found when it was about to be handed out again");
+        return;
+    }
+    uint64_t first = *(const uint64_t *)om_user(h);
+    if ((first != 0 && first != OM_FILL_WORD) || !om_freed_intact(h, om_cls[cls].size))
+        om_fault(OM_F_UAF_WRITE, om_user(h), h, file, line,
+                 "the fill pattern of the freed chunk was changed; found when it was about to "
+                 "be handed out again");
+}
+
+/*
+ * Gives chunk <p>, obtained for <want> bytes, the requested size <n>: the
+ * header says <n>, the canary follows, the live-byte count loses the extra
+ * bytes, and with poison the first <n> bytes from <from> get the poison byte.
+ */
+static void finish(void *p, size_t n, size_t want, size_t from)
+{
+    if (om_g.opt.poison && n > from)
+        memset((char *)p + from, om_g.opt.poison_byte, n - from);
+    if (want == n)
+        return;
+    struct om_chunk *h = om_hdr(p);
+    size_t cap, size;
+    const char *why;
+    if (om_in_arena(p)) {
+        om_arena_lock();
+        om_arena_find(p, &why, &cap);
+        h->size = (uint32_t)n;
+        om_hdr_seal(h);
+        om_arena_unlock();
+    } else if (h->cls == OM_CLS_LARGE) {
+        om_large_find(p, &h, &size, &cap);
+        if (n >= UINT32_MAX)
+            return; /* no canary: the header cannot hold the size */
+        h->size = (uint32_t)n;
+        om_hdr_seal(h);
+        om_large_resize(h, n);
+    } else {
+        cap = om_cls[h->cls].size;
+        h->size = (uint32_t)n;
+        om_hdr_seal(h);
+    }
+    if (!om_in_arena(p)) {
+        struct om_tc *tc = om_tc_enter();
+        om_stat_live(tc, -(int64_t)(want - n));
+        om_tc_leave(tc);
+    }
+    canary_write(p, n, cap);
+}
+
+/* The request size for <n> user bytes: with canaries, 8 bytes more. */
+static size_t request(size_t n)
+{
+    return om_g.opt.canary && n <= OM_MAX_REQUEST ? n + CANARY_MIN : n;
+}
+
+void *om_dbg_malloc(size_t n, const char *file, int line)
+{
+    if (!om_g.opt.caller)
+        file = NULL, line = 0;
+    tick();
+    struct om_tc *tc = om_tc_enter();
+    uint8_t tag = tc->tag;
+    bool shared = tc->shared_depth && !om_site_private(om_site_id(file, line));
+    size_t want = request(n);
+    if (inject() || (!shared && !charge(n, tag)))
+        return refuse(tc);
+    if (om_g.opt.fill && !shared)
+        verify_next(tc, want, file, line);
+    om_tc_leave(tc);
+    void *p = om_malloc_cb(want, file, line);
+    if (!p) {
+        if (!shared)
+            uncharge(n, tag);
+        return NULL;
+    }
+    finish(p, n, want, 0);
+    return p;
+}
+
+/* Checks the canary of live chunk <c> before a free or realloc at <file>:<line>. */
+static void check_live(const struct om_live *c, const void *p, const char *file, int line,
+                       const char *when)
+{
+    if (!om_canary_intact(p, c->size, c->cap))
+        overflow(c->h, p, file, line, when);
+}
+
+void om_dbg_free(void *p, const char *file, int line)
+{
+    if (!p)
+        return;
+    if (!om_g.opt.caller)
+        file = NULL, line = 0;
+    tick();
+    struct om_live c;
+    if (om_chunk_live(p, &c)) {
+        check_live(&c, p, file, line, "the canary after its requested size was overwritten; "
+                                       "found at free");
+        if (!c.shared)
+            uncharge(c.size, c.h->tag);
+    }
+    om_free_cb(p, file, line);
+}
+
+void *om_dbg_realloc(void *p, size_t n, const char *file, int line)
+{
+    if (!om_g.opt.caller)
+        file = NULL, line = 0;
+    if (!p || n == 0) {
+        struct om_tc *tc = om_tc_enter();
+        OM_CTR_ADD(tc->st.reallocs, 1);
+        om_tc_leave(tc);
+        if (!p)
+            return om_dbg_malloc(n, file, line);
+        om_dbg_free(p, file, line);
+        return NULL;
+    }
+    tick();
+    struct om_live c;
+    if (!om_chunk_live(p, &c))
+        return om_realloc_cb(p, n, file, line); /* reports the bad pointer */
+    check_live(&c, p, file, line, "the canary after its requested size was overwritten; "
+                                  "found at realloc");
+    struct om_tc *tc = om_tc_enter();
+    uint8_t tag = c.h->tag;
+    size_t old = c.size, want = request(n);
+    if (inject() || (!c.shared && !charge(n, tag)))
+        return refuse(tc);
+    if (om_g.opt.fill && !c.shared && want > c.cap)
+        verify_next(tc, want, file, line);
+    om_tc_leave(tc);
+    void *q = om_realloc_cb(p, want, file, line);
+    if (!q) {
+        if (!c.shared)
+            uncharge(n, tag);
+        return NULL;
+    }
+    if (!c.shared)
+        uncharge(old, tag);
+    finish(q, n, want, old);
+    return q;
+}
+
+/* ------------------------------------------------------------------ */
+/* Set-up and the public controls                                      */
+/* ------------------------------------------------------------------ */
+
+bool om_dbg_wanted(const struct om_opts *o)
+{
+    return o->poison || o->fill || o->canary || !o->caller || o->fail_set || o->limit ||
+           o->ntag_limits || o->check_every;
+}
+
+int om_dbg_init(void)
+{
+    struct om_opts *o = &om_g.opt;
+    dbg.on = om_dbg_wanted(o);
+    if (!dbg.on)
+        return 0;
+    if (o->fill)
+        o->zero = true; /* free runs the scrub, which writes the pattern */
+    dbg.canary_key = om_g.cookie * 0xD1342543DE82EF95ull + 0x2545F4914F6CDD1Dull;
+    atomic_store(&dbg.fail_at, o->fail_nth);
+    dbg.limits = o->limit || o->ntag_limits;
+    for (unsigned i = 0; i < o->ntag_limits; i++) {
+        int t = om_tag_id(o->tag_limits[i].tag);
+        if (t < 0)
+            return OSSL_MEM_E_LIMIT;
+        dbg.tag_limit[t] = (int64_t)o->tag_limits[i].bytes;
+    }
+    return 0;
+}
+
+bool om_dbg_on(void)
+{
+    return dbg.on;
+}
+
+void om_dbg_stats(struct ossl_mem_stats *st)
+{
+    st->fail_points = atomic_load(&dbg.points);
+    st->injected_failures = atomic_load(&dbg.injected);
+}
+
+int ossl_mem_fail_at(uint64_t nth)
+{
+    if (!om_g.ready)
+        return OSSL_MEM_E_NOT_INIT;
+    if (!om_g.opt.fail_set)
+        return OSSL_MEM_E_INVAL;
+    atomic_store(&dbg.fail_at, nth ? atomic_load(&dbg.points) + nth : 0);
+    return 0;
+}
