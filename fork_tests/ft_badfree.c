@@ -1,5 +1,13 @@
-/* ft_badfree.c - every class of bad free under each on-error policy, each case in its own process. */
+/*
+ * ft_badfree.c - the death tests: a table of {bad action, options, expected
+ * outcome}, every case run in its own process under each on-error policy.
+ * Under abort the process must die with SIGABRT after exactly one line that
+ * names the fault and the line of this file that did it; under report it
+ * must survive, print that line once and move the counter by the expected
+ * amount; under ignore it must survive silently and still count.
+ */
 #include <signal.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,20 +21,34 @@
 
 #include "fork_tests/ft.h"
 
-/* Runs <stmt> and records the line it is on, so the expected message can name it. */
-#define AT(stmt) do { bad_line = __LINE__; stmt; } while (0)
+/*
+ * Runs <stmt> and records the line it is on, so the expected message can
+ * name it; the line goes to stdout first, so the parent knows it even when
+ * <stmt> never returns (abort).
+ */
+#define AT(stmt)                                    \
+    do {                                            \
+        if (bad_line != __LINE__) {                 \
+            bad_line = __LINE__;                    \
+            printf("%d\n", bad_line);               \
+            fflush(stdout);                         \
+        }                                           \
+        stmt;                                       \
+    } while (0)
 
 static int bad_line;
 
-enum ctr { C_DOUBLE, C_INVALID, C_CORRUPT };
+enum ctr { C_DOUBLE, C_INVALID, C_CORRUPT, C_OVERFLOW, C_UAF, C_INHERITED };
 
 struct bad_case {
     const char *name;       /* case name */
     void (*act)(void);      /* does the bad thing */
     enum ctr ctr;           /* counter that must move */
     unsigned count;         /* by how much */
-    const char *text;       /* the message must contain this */
+    const char *head;       /* the message must start with this (after "ossl_mem: ") */
+    const char *text;       /* and contain this, may be NULL */
     const char *options;    /* extra options, may be NULL */
+    bool survives_abort;    /* the fault is never fatal, even under on-error=abort */
 };
 
 static void double_free(void)
@@ -145,6 +167,73 @@ static void header_underflow(void)
     AT(OPENSSL_free(p));
 }
 
+/*
+ * Without quarantine the freed chunk is handed out again at once: the stale
+ * free then releases the new owner's live chunk, which nothing can tell
+ * from a good free; the owner's own free is the one reported.
+ */
+static void double_free_after_reuse_noquar(void)
+{
+    char *p = OPENSSL_malloc(40);
+    OPENSSL_free(p);
+    char *q = OPENSSL_malloc(40);
+    if (q != p)
+        _exit(4); /* the test's premise: immediate reuse */
+    OPENSSL_free(p); /* the stale pointer: frees q's chunk, unnoticed */
+    AT(OPENSSL_free(q));
+}
+
+/* An odd-sized chunk overflowed by one byte: the canary catches it at free. */
+static void overflow_one(void)
+{
+    unsigned char *p = OPENSSL_malloc(13);
+    p[13] ^= 0xff;
+    AT(OPENSSL_free(p));
+}
+
+/* The same, found at realloc (the chunk still grows: nothing is lost). */
+static void overflow_realloc(void)
+{
+    unsigned char *p = OPENSSL_malloc(21);
+    memset(p, 7, 22);
+    AT(p = OPENSSL_realloc(p, 500));
+    if (!p || p[20] != 7)
+        _exit(5);
+    OPENSSL_free(p);
+}
+
+/* A large chunk overflowed by one byte. */
+static void overflow_large(void)
+{
+    unsigned char *p = OPENSSL_malloc(100001);
+    p[100001] = 0;
+    AT(OPENSSL_free(p));
+}
+
+/* Written after free; found when the chunk is handed out again (no quarantine: the next malloc). */
+static void write_after_free(void)
+{
+    unsigned char *p = OPENSSL_malloc(40);
+    OPENSSL_free(p);
+    p[20] = 1;
+    char *q;
+    AT(q = OPENSSL_malloc(40));
+    OPENSSL_free(q);
+}
+
+/* The same with the quarantine on: found when the chunk comes back out of it, later. */
+static void write_after_free_quar(void)
+{
+    unsigned char *p = OPENSSL_malloc(40);
+    OPENSSL_free(p);
+    p[33] = 1;
+    for (int i = 0; i < 20000; i++) {
+        char *q;
+        AT(q = OPENSSL_malloc(40)); /* its frees push p out of the quarantine, then it is reused */
+        OPENSSL_free(q);
+    }
+}
+
 /* A chunk of the shared arena freed twice. */
 static void double_free_shared(void)
 {
@@ -167,25 +256,78 @@ static void interior_shared(void)
     OPENSSL_free(p);
 }
 
+/*
+ * A shared chunk freed outside a scope by a process that did not allocate
+ * it: a grandchild allocates in a scope and leaves without cleanup; this
+ * process's free is an inherited one, refused, and never fatal.
+ */
+static void inherited_shared(void)
+{
+    int fd[2];
+    if (pipe(fd) != 0)
+        _exit(8);
+    pid_t pid = fork();
+    if (pid == 0) {
+        if (ossl_mem_shared_begin() != 0)
+            _exit(8);
+        char *p = OPENSSL_malloc(40);
+        ossl_mem_shared_end();
+        (void)!write(fd[1], &p, sizeof p);
+        _exit(0);
+    }
+    char *p = NULL;
+    if (pid < 0 || read(fd[0], &p, sizeof p) != (ssize_t)sizeof p || waitpid(pid, NULL, 0) != pid)
+        _exit(8);
+    AT(OPENSSL_free(p));
+}
+
 static const struct bad_case cases[] = {
-    {"double free", double_free, C_DOUBLE, 1, "double free of", NULL},
-    {"double free, large chunk", double_free_large, C_DOUBLE, 1, "double free of", NULL},
-    {"double free x3, one site", double_free_repeated, C_DOUBLE, 3, "double free of", NULL},
-    {"double free after reuse (quarantine)", double_free_after_reuse, C_DOUBLE, 1,
-     "double free of", NULL},
-    {"interior pointer", interior, C_INVALID, 1, "interior pointer", NULL},
-    {"interior pointer, large chunk", interior_large, C_INVALID, 1, "not allocated by ossl_mem",
-     NULL},
-    {"libc malloc pointer", libc_pointer, C_INVALID, 1, "not allocated by ossl_mem", NULL},
-    {"stack address", stack_pointer, C_INVALID, 1, "not allocated by ossl_mem", NULL},
-    {"wild address", wild_pointer, C_INVALID, 1, "not allocated by ossl_mem", NULL},
-    {"reserved, uncommitted address", reserved_unused, C_INVALID, 1, "invalid free of", NULL},
-    {"segment metadata address", segment_metadata, C_INVALID, 2, "metadata", NULL},
-    {"realloc of freed chunk", realloc_freed, C_DOUBLE, 1, "realloc after free of", NULL},
-    {"realloc of foreign pointer", realloc_foreign, C_INVALID, 1, "invalid realloc", NULL},
-    {"header underflow", header_underflow, C_CORRUPT, 1, "corrupt chunk header", NULL},
-    {"double free, shared chunk", double_free_shared, C_DOUBLE, 1, "double free of", NULL},
-    {"interior pointer, shared chunk", interior_shared, C_INVALID, 1, "shared arena", NULL},
+    /* name, action, counter, by, message start, message detail, options, survives abort */
+    {"double free", double_free, C_DOUBLE, 1, "double free of", "first freed at", NULL, false},
+    {"double free, large chunk", double_free_large, C_DOUBLE, 1, "double free of",
+     "first freed at", NULL, false},
+    {"double free x3, one site", double_free_repeated, C_DOUBLE, 3, "double free of", NULL, NULL,
+     false},
+    {"double free after reuse, quarantine", double_free_after_reuse, C_DOUBLE, 1,
+     "double free of", "first freed at", NULL, false},
+    {"double free after reuse, no quarantine", double_free_after_reuse_noquar, C_DOUBLE, 1,
+     "double free of", NULL, "quarantine=0", false},
+    {"interior pointer", interior, C_INVALID, 1, "invalid free of", "interior pointer", NULL,
+     false},
+    {"interior pointer, large chunk", interior_large, C_INVALID, 1, "invalid free of",
+     "not allocated by ossl_mem", NULL, false},
+    {"libc malloc pointer", libc_pointer, C_INVALID, 1, "invalid free of",
+     "not allocated by ossl_mem", NULL, false},
+    {"stack address", stack_pointer, C_INVALID, 1, "invalid free of", "not allocated by ossl_mem",
+     NULL, false},
+    {"wild address", wild_pointer, C_INVALID, 1, "invalid free of", "not allocated by ossl_mem",
+     NULL, false},
+    {"reserved, uncommitted address", reserved_unused, C_INVALID, 1, "invalid free of", NULL,
+     NULL, false},
+    {"segment metadata address", segment_metadata, C_INVALID, 2, "invalid free of", "metadata",
+     NULL, false},
+    {"realloc of freed chunk", realloc_freed, C_DOUBLE, 1, "realloc after free of", NULL, NULL,
+     false},
+    {"realloc of foreign pointer", realloc_foreign, C_INVALID, 1, "invalid realloc of", NULL,
+     NULL, false},
+    {"header underflow", header_underflow, C_CORRUPT, 1, "corrupt chunk header of", NULL, NULL,
+     false},
+    {"overflow by 1 byte, 13-byte chunk", overflow_one, C_OVERFLOW, 1, "buffer overflow of",
+     "13-byte chunk allocated at", "canary", false},
+    {"overflow found at realloc", overflow_realloc, C_OVERFLOW, 1, "buffer overflow of",
+     "found at realloc", "canary", false},
+    {"overflow by 1 byte, large chunk", overflow_large, C_OVERFLOW, 1, "buffer overflow of",
+     "100001-byte chunk", "canary", false},
+    {"write after free, no quarantine", write_after_free, C_UAF, 1, "write after free of",
+     "first freed at", "fill,quarantine=0", false},
+    {"write after free, quarantine", write_after_free_quar, C_UAF, 1, "write after free of",
+     "first freed at", "fill", false},
+    {"double free, shared chunk", double_free_shared, C_DOUBLE, 1, "double free of", NULL, NULL,
+     false},
+    {"interior pointer, shared chunk", interior_shared, C_INVALID, 1, "invalid free of",
+     "shared arena", NULL, false},
+    {"shared chunk freed by a non-owner", inherited_shared, C_INHERITED, 1, "inherited free of",
+     "not performed", NULL, true},
 };
 
 static uint64_t counter(enum ctr c)
@@ -193,8 +335,15 @@ static uint64_t counter(enum ctr c)
     struct ossl_mem_stats st;
     if (ossl_mem_get_stats(&st) != 0)
         _exit(6);
-    return c == C_DOUBLE ? st.double_frees : c == C_INVALID ? st.invalid_frees
-                                                            : st.corrupt_headers;
+    switch (c) {
+    case C_DOUBLE: return st.double_frees;
+    case C_INVALID: return st.invalid_frees;
+    case C_CORRUPT: return st.corrupt_headers;
+    case C_OVERFLOW: return st.overflows;
+    case C_UAF: return st.uaf_writes;
+    case C_INHERITED: return st.inherited_frees;
+    }
+    return 0;
 }
 
 /* Child: install with <policy>, do the bad thing, check the counter; exit 0 when right. */
@@ -208,9 +357,40 @@ static void child(const struct bad_case *c, const char *policy)
         _exit(7);
     uint64_t before = counter(c->ctr);
     c->act();
-    fprintf(stdout, "%d\n", bad_line);
-    fflush(stdout);
     _exit(counter(c->ctr) - before == c->count ? 0 : 3);
+}
+
+/* The line number the child printed last (the AT that ran last). */
+static int last_line(const char *out)
+{
+    const char *nl = strrchr(out, '\n');
+    if (!nl)
+        return 0;
+    const char *b = nl;
+    while (b > out && b[-1] != '\n')
+        b--;
+    return atoi(b);
+}
+
+/*
+ * Whether <err> is exactly the one line expected for case <c>: "ossl_mem:
+ * <head> 0x...", the site of this file's line <line>, the detail, and the
+ * ending of the policy.
+ */
+static bool message_ok(const char *err, const struct bad_case *c, int line, bool aborts)
+{
+    char start[128], site[64];
+    snprintf(start, sizeof start, "ossl_mem: %s 0x", c->head);
+    snprintf(site, sizeof site, "ft_badfree.c:%d", line);
+    if (ft_count_lines(err) != 1 || strncmp(err, start, strlen(start)) != 0)
+        return false;
+    const char *at = strstr(err, site);
+    if (!at || (at[strlen(site)] != ':' && at[strlen(site)] != ';'))
+        return false;
+    if (c->text && !strstr(err, c->text))
+        return false;
+    bool aborting = strstr(err, "; aborting (on-error=abort)\n") != NULL;
+    return aborting == aborts;
 }
 
 int main(void)
@@ -222,38 +402,34 @@ int main(void)
             const struct bad_case *c = &cases[i];
             const char *pol = policies[k];
             struct ft_child r;
-            if (ft_run(&r, 10, (void (*)(const void *, const void *))child, c, pol) != 0) {
+            if (ft_run(&r, 20, (void (*)(const void *, const void *))child, c, pol) != 0) {
                 printf("FAIL: %s [%s]: could not run the child\n", c->name, pol);
                 fail++;
                 continue;
             }
-            int line = atoi(r.out);
-            char site[64];
-            snprintf(site, sizeof site, "ft_badfree.c:%d", line);
+            int line = last_line(r.out);
+            bool dies = strcmp(pol, "abort") == 0 && !c->survives_abort;
             const char *why = NULL;
-            unsigned lines = ft_count_lines(r.err);
-            if (strcmp(pol, "abort") == 0) {
-                /* the bad call never returns: stdout stays empty, so look for the text only */
-                if (!WIFSIGNALED(r.status) || WTERMSIG(r.status) != SIGABRT)
-                    why = "did not die with SIGABRT";
-                else if (lines != 1 || !strstr(r.err, c->text) || !strstr(r.err, "aborting") ||
-                         !strstr(r.err, "ft_badfree.c:"))
-                    why = "not exactly one clear line naming the site";
-            } else if (!WIFEXITED(r.status) || WEXITSTATUS(r.status) != 0) {
+            if (r.timed_out)
+                why = "timed out";
+            else if (dies && (!WIFSIGNALED(r.status) || WTERMSIG(r.status) != SIGABRT))
+                why = "did not die with SIGABRT";
+            else if (!dies && (!WIFEXITED(r.status) || WEXITSTATUS(r.status) != 0))
                 why = WIFEXITED(r.status) && WEXITSTATUS(r.status) == 3
                           ? "counter did not move by the expected amount"
                           : "did not survive";
-            } else if (strcmp(pol, "report") == 0 &&
-                       (lines != 1 || !strstr(r.err, c->text) || !strstr(r.err, site))) {
-                why = "report is not one line with the message and the site";
-            } else if (strcmp(pol, "ignore") == 0 && lines != 0) {
+            else if (strcmp(pol, "ignore") == 0 && r.err[0])
                 why = "ignore printed something";
-            }
+            else if (strcmp(pol, "ignore") != 0 && !message_ok(r.err, c, line, dies))
+                why = "not exactly the one expected line (fault, this file's line, detail, "
+                      "ending)";
             if (why) {
-                printf("FAIL: %s [%s]: %s\n--- stderr:\n%s---\n", c->name, pol, why, r.err);
+                printf("FAIL: %s [%s, %s]: %s\n--- stderr:\n%s---\n", c->name,
+                       c->options ? c->options : "defaults", pol, why, r.err);
                 fail++;
             } else {
-                printf("ok: %s [%s]%s%s", c->name, pol, lines ? ": " : "\n", lines ? r.err : "");
+                printf("ok: %s [%s, %s]%s%s", c->name, c->options ? c->options : "defaults", pol,
+                       r.err[0] ? ": " : "\n", r.err);
                 pass++;
             }
         }

@@ -19,6 +19,7 @@
 
 static struct {
     bool on;                            /* the entry points are installed */
+    bool armed;                         /* failure injection counts (from the end of init) */
     uint64_t canary_key;                /* secret of canary bytes */
     _Atomic uint64_t points;            /* allocation calls seen by failure injection */
     _Atomic uint64_t fail_at;           /* the call (value of <points>) that fails, 0: none */
@@ -97,7 +98,7 @@ static OM_COLD void overflow(const struct om_chunk *h, const void *user, const c
 /* Whether this allocation call is one failure injection fails. */
 static bool inject(void)
 {
-    if (!om_g.opt.fail_set)
+    if (!dbg.armed)
         return false;
     uint64_t k = atomic_fetch_add(&dbg.points, 1) + 1;
     bool f = k == atomic_load_explicit(&dbg.fail_at, memory_order_relaxed);
@@ -350,7 +351,6 @@ int om_dbg_init(void)
     if (o->fill)
         o->zero = true; /* free runs the scrub, which writes the pattern */
     dbg.canary_key = om_g.cookie * 0xD1342543DE82EF95ull + 0x2545F4914F6CDD1Dull;
-    atomic_store(&dbg.fail_at, o->fail_nth);
     dbg.limits = o->limit || o->ntag_limits;
     for (unsigned i = 0; i < o->ntag_limits; i++) {
         int t = om_tag_id(o->tag_limits[i].tag);
@@ -359,6 +359,18 @@ int om_dbg_init(void)
         dbg.tag_limit[t] = (int64_t)o->tag_limits[i].bytes;
     }
     return 0;
+}
+
+/*
+ * Arms failure injection at the end of ossl_mem_init(): calls are counted
+ * from the program's first one (init's own lock probe is not one).
+ */
+void om_dbg_arm(void)
+{
+    if (!om_g.opt.fail_set)
+        return;
+    atomic_store(&dbg.fail_at, om_g.opt.fail_nth);
+    dbg.armed = true;
 }
 
 bool om_dbg_on(void)

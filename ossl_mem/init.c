@@ -227,6 +227,7 @@ int ossl_mem_init(const struct ossl_mem_config *cfg)
     atexit(om_shared_exit);
     if (om_g.opt.report[0])
         atexit(exit_report);
+    om_dbg_arm();
     om_g.ready = true;
     atomic_store(&init_state, 2);
     return 0;

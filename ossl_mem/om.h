@@ -600,6 +600,7 @@ OM_HIDDEN bool om_chunk_live(const void *p, struct om_live *c);
 OM_HIDDEN bool om_dbg_wanted(const struct om_opts *o);
 OM_HIDDEN int om_dbg_init(void);
 OM_HIDDEN bool om_dbg_on(void);
+OM_HIDDEN void om_dbg_arm(void);
 OM_HIDDEN void om_dbg_stats(struct ossl_mem_stats *st);
 OM_HIDDEN void *om_dbg_malloc(size_t n, const char *file, int line);
 OM_HIDDEN void *om_dbg_realloc(void *p, size_t n, const char *file, int line);
