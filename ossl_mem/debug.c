@@ -42,28 +42,44 @@ static size_t canary_end(size_t size, size_t cap)
     return end < cap ? end : cap;
 }
 
-/* Canary byte at offset <j> of the chunk whose user pointer is <user>. */
-static inline uint8_t canary_byte(const void *user, size_t j)
+/*
+ * The canary word of the chunk whose user pointer is <user>: the canary
+ * byte at offset j is byte j % 8 of it (little-endian), never 0, so a zeroed
+ * tail is not a canary. Head bytes up to the next multiple of 8 are written
+ * one by one, the rest as words.
+ */
+static inline uint64_t canary_word(const void *user)
 {
     uint64_t k = (dbg.canary_key ^ (uint64_t)(uintptr_t)user) * 0x9E3779B97F4A7C15ull;
-    return (uint8_t)(k >> ((j & 7) * 8 + 1)) | 1; /* never 0: a zeroed tail is not a canary */
+    return (k ^ k >> 29) | 0x0101010101010101ull;
 }
 
 static void canary_write(void *user, size_t size, size_t cap)
 {
+    uint64_t w = canary_word(user);
     uint8_t *c = user;
-    for (size_t j = size, end = canary_end(size, cap); j < end; j++)
-        c[j] = canary_byte(user, j);
+    size_t j = size, end = canary_end(size, cap);
+    for (; j < end && (j & 7); j++)
+        c[j] = (uint8_t)(w >> ((j & 7) * 8));
+    for (; j + 8 <= end; j += 8)
+        memcpy(c + j, &w, 8);
 }
 
 bool om_canary_intact(const void *user, size_t size, size_t cap)
 {
     if (!om_g.opt.canary || size >= UINT32_MAX)
         return true;
+    uint64_t w = canary_word(user), v;
     const uint8_t *c = user;
-    for (size_t j = size, end = canary_end(size, cap); j < end; j++)
-        if (c[j] != canary_byte(user, j))
+    size_t j = size, end = canary_end(size, cap);
+    for (; j < end && (j & 7); j++)
+        if (c[j] != (uint8_t)(w >> ((j & 7) * 8)))
             return false;
+    for (; j + 8 <= end; j += 8) {
+        memcpy(&v, c + j, 8);
+        if (v != w)
+            return false;
+    }
     return true;
 }
 
@@ -76,12 +92,22 @@ bool om_freed_intact(const struct om_chunk *h, size_t usable)
 {
     if (!om_g.opt.zero)
         return true;
-    uint64_t pat = om_g.opt.fill ? OM_FILL_WORD : 0;
+    uint64_t pat = om_g.opt.fill ? OM_FILL_WORD : 0, acc = 0;
     const uint64_t *q = (const uint64_t *)(h + 1);
-    for (size_t i = 1; i < usable / 8; i++)
-        if (q[i] != pat)
+    size_t n = usable / 8, i = 1;
+    for (; i < 2 && i < n; i++)
+        acc |= q[i] ^ pat;
+    /* blocks of 8 words, differences ORed: the compiler vectorises this */
+    for (; i + 8 <= n; i += 8) {
+        uint64_t b = 0;
+        for (size_t k = 0; k < 8; k++)
+            b |= q[i + k] ^ pat;
+        if (b)
             return false;
-    return true;
+    }
+    for (; i < n; i++)
+        acc |= q[i] ^ pat;
+    return acc == 0;
 }
 
 /* Reports a canary found damaged in live chunk <h> by an operation at <file>:<line>. */
@@ -168,6 +194,8 @@ static void *refuse(struct om_tc *tc)
  * request of <want> bytes, while its header still tells its last life. A
  * chunk never handed out is all zero; a freed one must hold the pattern.
  */
+static void verify_chunk(struct om_chunk *h, unsigned cls, const char *file, int line);
+
 static void verify_next(struct om_tc *tc, size_t want, const char *file, int line)
 {
     if (tc->orphan || want > OM_SMALL_MAX)
@@ -180,7 +208,12 @@ static void verify_next(struct om_tc *tc, size_t want, const char *file, int lin
         if (tc->n[cls] == 0)
             return;
     }
-    struct om_chunk *h = tc->slot[cls][tc->n[cls] - 1];
+    verify_chunk(tc->slot[cls][tc->n[cls] - 1], cls, file, line);
+}
+
+/* With fill: verifies chunk <h> of class <cls>, about to be handed out again, while its header still tells its last life. */
+static void verify_chunk(struct om_chunk *h, unsigned cls, const char *file, int line)
+{
     uint64_t w0, w1;
     om_hdr_load(h, &w0, &w1);
     if (w0 == 0 && w1 == 0)
@@ -201,7 +234,7 @@ static void verify_next(struct om_tc *tc, size_t want, const char *file, int lin
 /*
  * Gives chunk <p>, obtained for <want> bytes, the requested size <n>: the
  * header says <n>, the canary follows, the live-byte count loses the extra
- * bytes, and with poison the first <n> bytes from <from> get the poison byte.
+ * bytes, and with poison the bytes from <from> to <n> get the poison byte.
  */
 static void finish(void *p, size_t n, size_t want, size_t from)
 {
@@ -212,13 +245,14 @@ static void finish(void *p, size_t n, size_t want, size_t from)
     struct om_chunk *h = om_hdr(p);
     size_t cap, size;
     const char *why;
-    if (om_in_arena(p)) {
+    bool shared = om_in_arena(p);
+    if (OM_UNLIKELY(shared)) {
         om_arena_lock();
         om_arena_find(p, &why, &cap);
         h->size = (uint32_t)n;
         om_hdr_seal(h);
         om_arena_unlock();
-    } else if (h->cls == OM_CLS_LARGE) {
+    } else if (OM_UNLIKELY(h->cls == OM_CLS_LARGE)) {
         om_large_find(p, &h, &size, &cap);
         if (n >= UINT32_MAX)
             return; /* no canary: the header cannot hold the size */
@@ -230,12 +264,40 @@ static void finish(void *p, size_t n, size_t want, size_t from)
         h->size = (uint32_t)n;
         om_hdr_seal(h);
     }
-    if (!om_in_arena(p)) {
+    if (!shared) {
         struct om_tc *tc = om_tc_enter();
         om_stat_live(tc, -(int64_t)(want - n));
         om_tc_leave(tc);
     }
     canary_write(p, n, cap);
+}
+
+/*
+ * The free path's view of <p>: a live private small chunk is recognised
+ * inline, as router.c's fast path does; anything else goes to
+ * om_chunk_live().
+ */
+static inline bool live_chunk(const void *p, struct om_live *c)
+{
+    uintptr_t a = (uintptr_t)p;
+    if (OM_LIKELY((a & 15) == 0 &&
+                  a - (uintptr_t)om_g.region - OM_SLOT_SIZE <
+                      atomic_load_explicit(&om_g.region_used, memory_order_relaxed) -
+                          OM_SLOT_SIZE)) {
+        struct om_chunk *h = om_hdr(p);
+        uint64_t w0, w1;
+        om_hdr_load(h, &w0, &w1);
+        if (OM_LIKELY((uint8_t)(w1 >> 32) == OM_ST_LIVE &&
+                      (uint16_t)(w1 >> 48) == (om_check_base(h, w0, w1) ^ om_g.k_live) &&
+                      h->cls < OM_NCLS)) {
+            c->h = h;
+            c->size = (uint32_t)w0;
+            c->cap = om_cls[h->cls].size;
+            c->shared = false;
+            return true;
+        }
+    }
+    return om_chunk_live(p, c);
 }
 
 /* The request size for <n> user bytes: with canaries, 8 bytes more. */
@@ -244,10 +306,45 @@ static size_t request(size_t n)
     return om_g.opt.canary && n <= OM_MAX_REQUEST ? n + CANARY_MIN : n;
 }
 
+/*
+ * Whether the entry points may take their fast paths: no option that needs
+ * the bookkeeping of every call (failure injection, limits, check=N).
+ */
+static inline bool fast_ok(void)
+{
+    return !dbg.armed && !dbg.limits && !om_g.opt.check_every;
+}
+
 void *om_dbg_malloc(size_t n, const char *file, int line)
 {
     if (!om_g.opt.caller)
         file = NULL, line = 0;
+    /* fast path: a small private chunk from the thread cache, as in om_malloc_cb() */
+    struct om_tc *tc0 = om_tls_tc;
+    size_t want0 = request(n);
+    if (OM_LIKELY((uintptr_t)tc0 > (uintptr_t)OM_TC_DEAD && want0 <= OM_SMALL_MAX &&
+                  !tc0->shared_depth && fast_ok())) {
+        unsigned cls = om_size_class(want0);
+        uint32_t k = tc0->n[cls];
+        if (OM_LIKELY(k != 0)) {
+            struct om_chunk *h = tc0->slot[cls][k - 1];
+            if (om_g.opt.fill)
+                verify_chunk(h, cls, file, line);
+            om_op_begin(tc0);
+            tc0->n[cls] = k - 1;
+            uint8_t tag = tc0->tag;
+            om_hdr_store_live(h, (uint32_t)n, om_site_id(file, line), om_g.owner, (uint8_t)cls,
+                              tag);
+            om_stat_alloc(tc0, tag, n);
+            om_op_end(tc0);
+            void *p = om_user(h);
+            if (om_g.opt.poison)
+                memset(p, om_g.opt.poison_byte, n);
+            if (om_g.opt.canary)
+                canary_write(p, n, om_cls[cls].size);
+            return p;
+        }
+    }
     tick();
     struct om_tc *tc = om_tc_enter();
     uint8_t tag = tc->tag;
@@ -282,9 +379,30 @@ void om_dbg_free(void *p, const char *file, int line)
         return;
     if (!om_g.opt.caller)
         file = NULL, line = 0;
+    /* fast path: a live private small chunk, as in om_free_cb() */
+    struct om_tc *tc = om_tls_tc;
+    uintptr_t a = (uintptr_t)p;
+    if (OM_LIKELY((uintptr_t)tc > (uintptr_t)OM_TC_DEAD && fast_ok() && (a & 15) == 0 &&
+                  a - (uintptr_t)om_g.region - OM_SLOT_SIZE <
+                      atomic_load_explicit(&om_g.region_used, memory_order_relaxed) -
+                          OM_SLOT_SIZE)) {
+        struct om_chunk *h = om_hdr(p);
+        uint64_t w0, w1;
+        om_hdr_load(h, &w0, &w1);
+        unsigned cls = (uint8_t)(w1 >> 16);
+        if (OM_LIKELY((uint8_t)(w1 >> 32) == OM_ST_LIVE &&
+                      (uint16_t)(w1 >> 48) == (om_check_base(h, w0, w1) ^ om_g.k_live) &&
+                      cls < OM_NCLS)) {
+            if (om_g.opt.canary && !om_canary_intact(p, (uint32_t)w0, om_cls[cls].size))
+                overflow(h, p, file, line, "the canary after its requested size was "
+                                           "overwritten; found at free");
+            om_free_live_small(tc, h, cls, (uint32_t)w0, om_site_id(file, line));
+            return;
+        }
+    }
     tick();
     struct om_live c;
-    if (om_chunk_live(p, &c)) {
+    if ((om_g.opt.canary || dbg.limits) && live_chunk(p, &c)) {
         check_live(&c, p, file, line, "the canary after its requested size was overwritten; "
                                        "found at free");
         if (!c.shared)
@@ -308,7 +426,7 @@ void *om_dbg_realloc(void *p, size_t n, const char *file, int line)
     }
     tick();
     struct om_live c;
-    if (!om_chunk_live(p, &c))
+    if (!live_chunk(p, &c))
         return om_realloc_cb(p, n, file, line); /* reports the bad pointer */
     check_live(&c, p, file, line, "the canary after its requested size was overwritten; "
                                   "found at realloc");

@@ -489,7 +489,15 @@ static inline void om_wipe(void *p, size_t n)
 static inline void om_scrub(void *p, size_t n)
 {
     if (OM_UNLIKELY(om_g.opt.fill)) {
-        memset(p, OM_FILL_BYTE, n);
+        if (n <= 128) {
+            uint64_t *q = p;
+            for (size_t i = 0; i < n / 8; i += 2) {
+                q[i] = OM_FILL_WORD;
+                q[i + 1] = OM_FILL_WORD;
+            }
+        } else {
+            memset(p, OM_FILL_BYTE, n);
+        }
         __asm__ volatile("" : : "r"(p) : "memory");
     } else {
         om_wipe(p, n);
@@ -595,6 +603,8 @@ struct om_live {
     bool shared;            /* in the shared arena */
 };
 OM_HIDDEN bool om_chunk_live(const void *p, struct om_live *c);
+OM_HIDDEN void om_free_live_small(struct om_tc *tc, struct om_chunk *h, unsigned cls,
+                                  uint32_t size, uint16_t fsite);
 
 /* debug.c: the checking entry points */
 OM_HIDDEN bool om_dbg_wanted(const struct om_opts *o);

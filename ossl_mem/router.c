@@ -175,6 +175,15 @@ static inline __attribute__((always_inline)) void free_small(struct om_tc *tc, s
     }
 }
 
+/* free_small() for the debugging entry points, bracketed like a free. */
+void om_free_live_small(struct om_tc *tc, struct om_chunk *h, unsigned cls, uint32_t size,
+                        uint16_t fsite)
+{
+    om_op_begin(tc);
+    free_small(tc, h, cls, size, fsite);
+    om_op_end(tc);
+}
+
 /* Releases any validated live chunk, small or large, freed at <fsite>. */
 static void release(struct om_tc *tc, struct om_chunk *h, size_t size, uint16_t fsite,
                     bool large)
