@@ -5,7 +5,9 @@
  * failure injection (Nth, seeded random, ossl_mem_fail_at), limits and the
  * periodic check.
  */
+#include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -112,6 +114,78 @@ static void all_options(const void *a, const void *b)
     printf("%llu allocations, live bytes %llu at start and %llu at the end\n",
            (unsigned long long)st.allocs, (unsigned long long)st0.live_bytes,
            (unsigned long long)st.live_bytes);
+}
+
+/* Shared between the threads of threads_mixed(): slots handed from one thread to another. */
+#define XSLOTS 256
+static _Atomic(unsigned char *) xslot[XSLOTS];
+
+/*
+ * One of 4 threads: 200,000 random mallocs, reallocs and frees of sizes up to
+ * 40 KB, each chunk filled with a byte derived from its size and checked
+ * before it is freed, half of them freed by another thread.
+ */
+static void *mixed_worker(void *arg)
+{
+    uint64_t x = (uintptr_t)arg * 0x9E3779B97F4A7C15ull + 1;
+    unsigned char *mine[64] = {0};
+    size_t len[64] = {0};
+    for (int i = 0; i < 200000; i++) {
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        unsigned k = (unsigned)(x % 64);
+        size_t size = (x >> 8) % 16 == 0 ? (x >> 16) % 40000 + 1 : (x >> 16) % 300 + 1;
+        if (mine[k]) {
+            for (size_t j = 0; j < len[k]; j++)
+                if (mine[k][j] != (unsigned char)len[k])
+                    return (void *)"content changed";
+            if ((x >> 40) % 3 == 0) {
+                unsigned char *q = OPENSSL_realloc(mine[k], size);
+                if (!q)
+                    return (void *)"realloc failed";
+                memset(q, (unsigned char)size, size);
+                mine[k] = q, len[k] = size;
+                continue;
+            }
+            if ((x >> 40) % 3 == 1) {
+                mine[k] = atomic_exchange(&xslot[(x >> 20) % XSLOTS], mine[k]);
+                OPENSSL_free(mine[k]); /* another thread's chunk, or NULL */
+            } else {
+                OPENSSL_free(mine[k]);
+            }
+            mine[k] = NULL;
+            continue;
+        }
+        mine[k] = OPENSSL_malloc(size);
+        if (!mine[k])
+            return (void *)"malloc failed";
+        memset(mine[k], (unsigned char)size, size);
+        len[k] = size;
+    }
+    for (int k = 0; k < 64; k++)
+        OPENSSL_free(mine[k]);
+    return NULL;
+}
+
+/* 4 threads under poison,fill,canary: no false alarm, exact figures after. */
+static void threads_mixed(const void *a, const void *b)
+{
+    (void)a, (void)b;
+    init("poison,fill,canary,on-error=abort");
+    pthread_t t[4];
+    for (uintptr_t i = 0; i < 4; i++)
+        EXPECT(pthread_create(&t[i], NULL, mixed_worker, (void *)(i + 1)) == 0, "thread");
+    for (int i = 0; i < 4; i++) {
+        void *r;
+        pthread_join(t[i], &r);
+        EXPECT(r == NULL, "thread %d: %s", i, (const char *)r);
+    }
+    for (int i = 0; i < XSLOTS; i++)
+        OPENSSL_free(atomic_exchange(&xslot[i], NULL));
+    expect_clean("threads");
+    EXPECT(ossl_mem_check() == 0, "check");
+    struct ossl_mem_stats st = stats();
+    EXPECT(st.live_chunks == 0 && st.live_bytes == 0, "live %llu bytes in %llu chunks",
+           (unsigned long long)st.live_bytes, (unsigned long long)st.live_chunks);
 }
 
 /* poison=BYTE: new chunks and the grown part of a realloc hold the byte. */
@@ -297,6 +371,8 @@ int main(void)
 {
     static const struct dcase cases[] = {
         {"handshakes under poison,fill,canary,quarantine=4M,check", all_options, NULL, NULL,
+         true},
+        {"4 threads, 800,000 operations under poison,fill,canary", threads_mixed, NULL, NULL,
          true},
         {"poison=0xa5", poison, NULL, NULL, true},
         {"canary: odd sizes and a large chunk, ossl_mem_check", canary_check, NULL, NULL, true},
