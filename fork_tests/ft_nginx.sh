@@ -68,7 +68,8 @@ http {
     }
 }
 EOF
-    timeout 20 env OSSL_MEM_OPTIONS="report=$dir/report.%p.json" LD_PRELOAD="$lib" \
+    # the debugging options too: a false alarm in a real server would show in the reports
+    timeout 20 env OSSL_MEM_OPTIONS="poison,fill,canary,report=$dir/report.%p.json" LD_PRELOAD="$lib" \
         "$nginx" -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log" 2>"$dir/start.err"
 }
 port=""

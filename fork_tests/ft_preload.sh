@@ -35,7 +35,8 @@ n=20
 port=""
 for try in 1 2 3; do
     p=$((20000 + RANDOM % 30000))
-    timeout 120 env OSSL_MEM_OPTIONS="report=$dir/report.%p.json" LD_PRELOAD="$lib" \
+    timeout 120 env OSSL_MEM_OPTIONS="poison,fill,canary,check=20000,report=$dir/report.%p.json" \
+        LD_PRELOAD="$lib" \
         openssl s_server -accept "127.0.0.1:$p" -cert "$dir/server.pem" -key "$dir/server.key" \
         -CAfile "$dir/ca.pem" -Verify 2 -verify_return_error -www -naccept $((n + 1)) \
         >"$dir/server.out" 2>"$dir/server.err" </dev/null &
@@ -89,6 +90,21 @@ EOF
 check $? "exit reports of the server and the clients"
 ! grep -q "ossl_mem" "$dir/server.err" "$dir/client.err"
 check $? "ossl_mem wrote nothing on stderr (no fault, no warning)"
+
+# a program whose OpenSSL allocated before the preload's constructor: one line, program unharmed
+cc=${CC:-cc}
+if command -v "$cc" >/dev/null; then
+    printf '#include <openssl/crypto.h>\n__attribute__((constructor)) static void early(void)\n{ OPENSSL_free(OPENSSL_malloc(10)); }\n' >"$dir/early.c"
+    "$cc" -shared -fPIC -o "$dir/libearly.so" "$dir/early.c" -lcrypto 2>"$dir/cc.err"
+    # the dynamic linker runs the constructors of LD_PRELOAD objects last one first
+    out=$(LD_PRELOAD="$lib $dir/libearly.so" openssl version 2>"$dir/late.err")
+    [ "$(grep -c . "$dir/late.err")" = 1 ] && grep -q "already initialised" "$dir/late.err" &&
+        grep -q "leaving it alone" "$dir/late.err" && echo "$out" | grep -q "^OpenSSL 3"
+    check $? "OpenSSL used before the preload: one line says so, the program runs normally"
+    sed 's/^/    /' "$dir/late.err"
+else
+    echo "skipped: no C compiler ($cc) for the early-allocation case"
+fi
 [ "$fail" = 0 ] || { echo "--- server stderr:"; cat "$dir/server.err"; }
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]
