@@ -274,8 +274,10 @@ OSSL_MEM_API int ossl_mem_report(FILE *out, int format);
 
 /*
  * Walks every chunk ossl_mem owns (live, cached and quarantined, private
- * and in the shared arena) and checks headers, states and the hooks
- * installed in OpenSSL. It also scans every live shared chunk for words
+ * and in the shared arena) and checks headers, states, the canaries of live
+ * chunks (option canary), the contents of freed chunks (zeros, or the
+ * pattern of option fill: a write after free) and the hooks installed in
+ * OpenSSL. It also scans every live shared chunk for words
  * that point into a live private chunk that other processes cannot see (one
  * this process allocated after it forked, or after it forked its workers):
  * shared state mutated with private memory; both allocation sites are
