@@ -2,7 +2,8 @@
 # setup.sh - installs, with apt-get, whatever ossl_mem's build, tests and demo need and this machine lacks.
 # Usage: tools/setup.sh [--bench]   (--bench adds jemalloc and mimalloc for the benchmarks)
 set -euo pipefail
-pkgs=(gcc make autoconf automake libtool pkg-config libssl-dev openssl curl libcunit1-dev python3 binutils)
+pkgs=(gcc make autoconf automake libtool pkg-config libssl-dev openssl curl libcunit1-dev python3 binutils
+      groff-base)
 if [ "${1:-}" = "--bench" ]; then
     pkgs+=(libjemalloc-dev libmimalloc-dev)
 fi
