@@ -45,8 +45,9 @@ static size_t canary_end(size_t size, size_t cap)
 /*
  * The canary word of the chunk whose user pointer is <user>: the canary
  * byte at offset j is byte j % 8 of it (little-endian), never 0, so a zeroed
- * tail is not a canary. Head bytes up to the next multiple of 8 are written
- * one by one, the rest as words.
+ * tail is not a canary. The canary ends on a multiple of 8 (16, or the
+ * capacity), so it is written as words; the first one keeps the user's
+ * bytes below the requested size.
  */
 static inline uint64_t canary_word(const void *user)
 {
@@ -54,33 +55,61 @@ static inline uint64_t canary_word(const void *user)
     return (k ^ k >> 29) | 0x0101010101010101ull;
 }
 
-static void canary_write(void *user, size_t size, size_t cap)
+static inline void canary_write(void *user, size_t size, size_t cap)
 {
-    uint64_t w = canary_word(user);
-    uint8_t *c = user;
-    size_t j = size, end = canary_end(size, cap);
-    for (; j < end && (j & 7); j++)
-        c[j] = (uint8_t)(w >> ((j & 7) * 8));
-    for (; j + 8 <= end; j += 8)
+    uint64_t w = canary_word(user), v;
+    char *c = user;
+    size_t j = size & ~(size_t)7, end = canary_end(size, cap);
+    if (size & 7) {
+        uint64_t keep = (1ull << ((size & 7) * 8)) - 1;
+        memcpy(&v, c + j, 8);
+        v = (v & keep) | (w & ~keep);
+        memcpy(c + j, &v, 8);
+        j += 8;
+    }
+    for (; j < end; j += 8)
         memcpy(c + j, &w, 8);
+}
+
+static inline bool canary_ok(const void *user, size_t size, size_t cap)
+{
+    uint64_t w = canary_word(user), v, bad = 0;
+    const char *c = user;
+    size_t j = size & ~(size_t)7, end = canary_end(size, cap);
+    if (size & 7) {
+        memcpy(&v, c + j, 8);
+        bad = (v ^ w) & ~((1ull << ((size & 7) * 8)) - 1);
+        j += 8;
+    }
+    for (; j < end; j += 8) {
+        memcpy(&v, c + j, 8);
+        bad |= v ^ w;
+    }
+    return bad == 0;
 }
 
 bool om_canary_intact(const void *user, size_t size, size_t cap)
 {
-    if (!om_g.opt.canary || size >= UINT32_MAX)
-        return true;
-    uint64_t w = canary_word(user), v;
-    const uint8_t *c = user;
-    size_t j = size, end = canary_end(size, cap);
-    for (; j < end && (j & 7); j++)
-        if (c[j] != (uint8_t)(w >> ((j & 7) * 8)))
-            return false;
-    for (; j + 8 <= end; j += 8) {
-        memcpy(&v, c + j, 8);
-        if (v != w)
-            return false;
-    }
-    return true;
+    return !om_g.opt.canary || size >= UINT32_MAX || canary_ok(user, size, cap);
+}
+
+static const uint8_t *fill_ref; /* OM_SMALL_MAX bytes of the fill pattern (fill only) */
+
+/*
+ * Whether the <usable> bytes at <user>, from the second word on, all hold
+ * the word <pat>: small chunks word by word, larger ones with memcmp()
+ * against a reference page of the pattern (libc's is vectorised).
+ */
+static inline bool all_words(const void *user, size_t usable, uint64_t pat)
+{
+    const uint64_t *q = user;
+    size_t n = usable / 8;
+    if (n > 16 && pat == OM_FILL_WORD && fill_ref && usable <= OM_SMALL_MAX)
+        return memcmp(q + 1, fill_ref, usable - 8) == 0;
+    uint64_t acc = 0;
+    for (size_t i = 1; i < n; i++)
+        acc |= q[i] ^ pat;
+    return acc == 0;
 }
 
 /*
@@ -92,22 +121,7 @@ bool om_freed_intact(const struct om_chunk *h, size_t usable)
 {
     if (!om_g.opt.zero)
         return true;
-    uint64_t pat = om_g.opt.fill ? OM_FILL_WORD : 0, acc = 0;
-    const uint64_t *q = (const uint64_t *)(h + 1);
-    size_t n = usable / 8, i = 1;
-    for (; i < 2 && i < n; i++)
-        acc |= q[i] ^ pat;
-    /* blocks of 8 words, differences ORed: the compiler vectorises this */
-    for (; i + 8 <= n; i += 8) {
-        uint64_t b = 0;
-        for (size_t k = 0; k < 8; k++)
-            b |= q[i + k] ^ pat;
-        if (b)
-            return false;
-    }
-    for (; i < n; i++)
-        acc |= q[i] ^ pat;
-    return acc == 0;
+    return all_words(h + 1, usable, om_g.opt.fill ? OM_FILL_WORD : 0);
 }
 
 /* Reports a canary found damaged in live chunk <h> by an operation at <file>:<line>. */
@@ -122,7 +136,7 @@ static OM_COLD void overflow(const struct om_chunk *h, const void *user, const c
 /* ------------------------------------------------------------------ */
 
 /* Whether this allocation call is one failure injection fails. */
-static bool inject(void)
+static inline bool inject(void)
 {
     if (!dbg.armed)
         return false;
@@ -141,7 +155,7 @@ static bool inject(void)
 }
 
 /* Adds <n> live private bytes under <tag>; false (and nothing added) when a limit would be passed. */
-static bool charge(size_t n, uint8_t tag)
+static inline bool charge(size_t n, uint8_t tag)
 {
     if (!dbg.limits)
         return true;
@@ -160,7 +174,7 @@ static bool charge(size_t n, uint8_t tag)
     return true;
 }
 
-static void uncharge(size_t n, uint8_t tag)
+static inline void uncharge(size_t n, uint8_t tag)
 {
     if (!dbg.limits)
         return;
@@ -169,7 +183,7 @@ static void uncharge(size_t n, uint8_t tag)
 }
 
 /* Runs ossl_mem_check() every check=N operations. */
-static void tick(void)
+static inline void tick(void)
 {
     size_t every = om_g.opt.check_every;
     if (every && atomic_fetch_add(&dbg.ops, 1) % every == every - 1)
@@ -194,7 +208,7 @@ static void *refuse(struct om_tc *tc)
  * request of <want> bytes, while its header still tells its last life. A
  * chunk never handed out is all zero; a freed one must hold the pattern.
  */
-static void verify_chunk(struct om_chunk *h, unsigned cls, const char *file, int line);
+static inline void verify_chunk(struct om_chunk *h, unsigned cls, const char *file, int line);
 
 static void verify_next(struct om_tc *tc, size_t want, const char *file, int line)
 {
@@ -212,23 +226,32 @@ static void verify_next(struct om_tc *tc, size_t want, const char *file, int lin
 }
 
 /* With fill: verifies chunk <h> of class <cls>, about to be handed out again, while its header still tells its last life. */
-static void verify_chunk(struct om_chunk *h, unsigned cls, const char *file, int line)
+static OM_COLD void reuse_fault(struct om_chunk *h, bool header, const char *file, int line)
+{
+    if (header)
+        om_fault(OM_F_CORRUPT, om_user(h), NULL, file, line,
+                 "header of a freed chunk overwritten (buffer underflow or write after free); "
+                 "found when it was about to be handed out again");
+    else
+        om_fault(OM_F_UAF_WRITE, om_user(h), h, file, line,
+                 "the fill pattern of the freed chunk was changed; found when it was about to "
+                 "be handed out again");
+}
+
+static inline void verify_chunk(struct om_chunk *h, unsigned cls, const char *file, int line)
 {
     uint64_t w0, w1;
     om_hdr_load(h, &w0, &w1);
     if (w0 == 0 && w1 == 0)
         return;
-    if (!om_hdr_valid(h, w0, w1) || h->state != OM_ST_FREED) {
-        om_fault(OM_F_CORRUPT, om_user(h), NULL, file, line,
-                 "header of a freed chunk overwritten (buffer underflow or write after free); "
-                 "found when it was about to be handed out again");
+    if (OM_UNLIKELY(!om_hdr_valid(h, w0, w1) || (uint8_t)(w1 >> 32) != OM_ST_FREED)) {
+        reuse_fault(h, true, file, line);
         return;
     }
     uint64_t first = *(const uint64_t *)om_user(h);
-    if ((first != 0 && first != OM_FILL_WORD) || !om_freed_intact(h, om_cls[cls].size))
-        om_fault(OM_F_UAF_WRITE, om_user(h), h, file, line,
-                 "the fill pattern of the freed chunk was changed; found when it was about to "
-                 "be handed out again");
+    if (OM_UNLIKELY((first != 0 && first != OM_FILL_WORD) ||
+                    !all_words(om_user(h), om_cls[cls].size, OM_FILL_WORD)))
+        reuse_fault(h, false, file, line);
 }
 
 /*
@@ -306,15 +329,6 @@ static size_t request(size_t n)
     return om_g.opt.canary && n <= OM_MAX_REQUEST ? n + CANARY_MIN : n;
 }
 
-/*
- * Whether the entry points may take their fast paths: no option that needs
- * the bookkeeping of every call (failure injection, limits, check=N).
- */
-static inline bool fast_ok(void)
-{
-    return !dbg.armed && !dbg.limits && !om_g.opt.check_every;
-}
-
 void *om_dbg_malloc(size_t n, const char *file, int line)
 {
     if (!om_g.opt.caller)
@@ -323,13 +337,23 @@ void *om_dbg_malloc(size_t n, const char *file, int line)
     struct om_tc *tc0 = om_tls_tc;
     size_t want0 = request(n);
     if (OM_LIKELY((uintptr_t)tc0 > (uintptr_t)OM_TC_DEAD && want0 <= OM_SMALL_MAX &&
-                  !tc0->shared_depth && fast_ok())) {
+                  !tc0->shared_depth && !tc0->orphan)) {
         unsigned cls = om_size_class(want0);
         uint32_t k = tc0->n[cls];
         if (OM_LIKELY(k != 0)) {
+            tick();
+            if (OM_UNLIKELY(inject() || !charge(n, tc0->tag))) {
+                OM_CTR_ADD(tc0->st.failed, 1);
+                errno = ENOMEM;
+                return NULL;
+            }
             struct om_chunk *h = tc0->slot[cls][k - 1];
-            if (om_g.opt.fill)
+            if (om_g.opt.fill) {
+                /* the next chunk of the class is read at its turn: fetch its header now */
+                if (k >= 2)
+                    __builtin_prefetch(tc0->slot[cls][k - 2]);
                 verify_chunk(h, cls, file, line);
+            }
             om_op_begin(tc0);
             tc0->n[cls] = k - 1;
             uint8_t tag = tc0->tag;
@@ -382,7 +406,7 @@ void om_dbg_free(void *p, const char *file, int line)
     /* fast path: a live private small chunk, as in om_free_cb() */
     struct om_tc *tc = om_tls_tc;
     uintptr_t a = (uintptr_t)p;
-    if (OM_LIKELY((uintptr_t)tc > (uintptr_t)OM_TC_DEAD && fast_ok() && (a & 15) == 0 &&
+    if (OM_LIKELY((uintptr_t)tc > (uintptr_t)OM_TC_DEAD && !tc->orphan && (a & 15) == 0 &&
                   a - (uintptr_t)om_g.region - OM_SLOT_SIZE <
                       atomic_load_explicit(&om_g.region_used, memory_order_relaxed) -
                           OM_SLOT_SIZE)) {
@@ -393,10 +417,14 @@ void om_dbg_free(void *p, const char *file, int line)
         if (OM_LIKELY((uint8_t)(w1 >> 32) == OM_ST_LIVE &&
                       (uint16_t)(w1 >> 48) == (om_check_base(h, w0, w1) ^ om_g.k_live) &&
                       cls < OM_NCLS)) {
-            if (om_g.opt.canary && !om_canary_intact(p, (uint32_t)w0, om_cls[cls].size))
+            tick();
+            if (om_g.opt.canary && !canary_ok(p, (uint32_t)w0, om_cls[cls].size))
                 overflow(h, p, file, line, "the canary after its requested size was "
                                            "overwritten; found at free");
-            om_free_live_small(tc, h, cls, (uint32_t)w0, om_site_id(file, line));
+            uncharge((uint32_t)w0, h->tag);
+            om_op_begin(tc);
+            om_free_small(tc, h, cls, (uint32_t)w0, om_site_id(file, line));
+            om_op_end(tc);
             return;
         }
     }
@@ -466,8 +494,13 @@ int om_dbg_init(void)
     dbg.on = om_dbg_wanted(o);
     if (!dbg.on)
         return 0;
-    if (o->fill)
+    if (o->fill) {
         o->zero = true; /* free runs the scrub, which writes the pattern */
+        uint8_t *ref = om_map(OM_SMALL_MAX, false);
+        if (ref)
+            memset(ref, OM_FILL_BYTE, OM_SMALL_MAX);
+        fill_ref = ref;
+    }
     dbg.canary_key = om_g.cookie * 0xD1342543DE82EF95ull + 0x2545F4914F6CDD1Dull;
     dbg.limits = o->limit || o->ntag_limits;
     for (unsigned i = 0; i < o->ntag_limits; i++) {

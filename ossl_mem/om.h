@@ -603,8 +603,6 @@ struct om_live {
     bool shared;            /* in the shared arena */
 };
 OM_HIDDEN bool om_chunk_live(const void *p, struct om_live *c);
-OM_HIDDEN void om_free_live_small(struct om_tc *tc, struct om_chunk *h, unsigned cls,
-                                  uint32_t size, uint16_t fsite);
 
 /* debug.c: the checking entry points */
 OM_HIDDEN bool om_dbg_wanted(const struct om_opts *o);
@@ -770,6 +768,33 @@ static inline void om_stat_free(struct om_tc *tc, size_t n)
 {
     OM_CTR_ADD(tc->st.frees, 1);
     om_stat_live(tc, -(int64_t)n);
+}
+
+/*
+ * Releases live small chunk <h> of class <cls> (already validated) freed at <fsite>: wiped over
+ * its whole usable size when zeroing is on, marked, and put in quarantine
+ * (or straight back into the cache with a zero quarantine).
+ */
+static inline __attribute__((always_inline)) void om_free_small(struct om_tc *tc,
+                                                                 struct om_chunk *h, unsigned cls,
+                                                                 size_t size, uint16_t fsite)
+{
+    om_stat_free(tc, size);
+    uint32_t usable = om_cls[cls].size;
+    if (om_g.opt.zero)
+        om_scrub(om_user(h), usable);
+    /* a live header has free site 0: the check changes by constants and the new site's mix */
+    uint16_t sitemix = om_mix16(fsite, om_g.site_key);
+    h->fsite = fsite;
+    if (om_g.opt.quarantine) {
+        h->state = OM_ST_QUAR;
+        h->check ^= om_g.k_free_quar ^ sitemix;
+        om_quar_push(tc, h, cls, usable);
+    } else {
+        h->state = OM_ST_FREED;
+        h->check ^= om_g.k_free_freed ^ sitemix;
+        om_pool_release_cls(tc, h, cls);
+    }
 }
 
 #endif /* OM_H */

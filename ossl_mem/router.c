@@ -149,41 +149,6 @@ static void *alloc_in(struct om_tc *tc, size_t n, uint16_t site, uint8_t tag)
     return p;
 }
 
-/*
- * Releases live small chunk <h> of class <cls> (already validated) freed at <fsite>: wiped over
- * its whole usable size when zeroing is on, marked, and put in quarantine
- * (or straight back into the cache with a zero quarantine).
- */
-static inline __attribute__((always_inline)) void free_small(struct om_tc *tc, struct om_chunk *h, unsigned cls, size_t size,
-                              uint16_t fsite)
-{
-    om_stat_free(tc, size);
-    uint32_t usable = om_cls[cls].size;
-    if (om_g.opt.zero)
-        om_scrub(om_user(h), usable);
-    /* a live header has free site 0: the check changes by constants and the new site's mix */
-    uint16_t sitemix = om_mix16(fsite, om_g.site_key);
-    h->fsite = fsite;
-    if (om_g.opt.quarantine) {
-        h->state = OM_ST_QUAR;
-        h->check ^= om_g.k_free_quar ^ sitemix;
-        om_quar_push(tc, h, cls, usable);
-    } else {
-        h->state = OM_ST_FREED;
-        h->check ^= om_g.k_free_freed ^ sitemix;
-        om_pool_release_cls(tc, h, cls);
-    }
-}
-
-/* free_small() for the debugging entry points, bracketed like a free. */
-void om_free_live_small(struct om_tc *tc, struct om_chunk *h, unsigned cls, uint32_t size,
-                        uint16_t fsite)
-{
-    om_op_begin(tc);
-    free_small(tc, h, cls, size, fsite);
-    om_op_end(tc);
-}
-
 /* Releases any validated live chunk, small or large, freed at <fsite>. */
 static void release(struct om_tc *tc, struct om_chunk *h, size_t size, uint16_t fsite,
                     bool large)
@@ -193,7 +158,7 @@ static void release(struct om_tc *tc, struct om_chunk *h, size_t size, uint16_t 
         om_large_free(tc, h, fsite);
         return;
     }
-    free_small(tc, h, h->cls, size, fsite);
+    om_free_small(tc, h, h->cls, size, fsite);
 }
 
 /*
@@ -325,7 +290,7 @@ void om_free_cb(void *p, const char *file, int line)
     uint32_t size = (uint32_t)w0;
     OM_ASSERT(cls < OM_NCLS);
     om_op_begin(tc);
-    free_small(tc, h, cls, size, om_site_id(file, line));
+    om_free_small(tc, h, cls, size, om_site_id(file, line));
     om_op_end(tc);
 }
 
