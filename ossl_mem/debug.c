@@ -323,6 +323,24 @@ static inline bool live_chunk(const void *p, struct om_live *c)
     return om_chunk_live(p, c);
 }
 
+/*
+ * Poisons the <n> first bytes of a new small chunk: up to 128 bytes as
+ * inline words to the next multiple of 16 (within the chunk; a canary is
+ * written after), beyond with memset.
+ */
+static inline void poison(void *p, size_t n)
+{
+    if (n <= 128) {
+        uint64_t w = om_g.opt.poison_byte * 0x0101010101010101ull, *q = p;
+        for (size_t i = 0; i < (n + 15) / 16 * 2; i += 2) {
+            q[i] = w;
+            q[i + 1] = w;
+        }
+    } else {
+        memset(p, om_g.opt.poison_byte, n);
+    }
+}
+
 /* The request size for <n> user bytes: with canaries, 8 bytes more. */
 static size_t request(size_t n)
 {
@@ -348,12 +366,11 @@ void *om_dbg_malloc(size_t n, const char *file, int line)
                 return NULL;
             }
             struct om_chunk *h = tc0->slot[cls][k - 1];
-            if (om_g.opt.fill) {
-                /* the next chunk of the class is read at its turn: fetch its header now */
-                if (k >= 2)
-                    __builtin_prefetch(tc0->slot[cls][k - 2]);
+            /* the next chunk of the class is read (fill) or written at its turn: fetch it now */
+            if (k >= 2)
+                __builtin_prefetch(tc0->slot[cls][k - 2], 1, 3);
+            if (om_g.opt.fill)
                 verify_chunk(h, cls, file, line);
-            }
             om_op_begin(tc0);
             tc0->n[cls] = k - 1;
             uint8_t tag = tc0->tag;
@@ -363,7 +380,7 @@ void *om_dbg_malloc(size_t n, const char *file, int line)
             om_op_end(tc0);
             void *p = om_user(h);
             if (om_g.opt.poison)
-                memset(p, om_g.opt.poison_byte, n);
+                poison(p, n);
             if (om_g.opt.canary)
                 canary_write(p, n, om_cls[cls].size);
             return p;
