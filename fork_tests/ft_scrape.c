@@ -165,6 +165,14 @@ int main(void)
     else
         fail++, printf("FAIL: defaults: status %d%s\n%s", r.status, r.timed_out ? " (hung)" : "",
                        r.err);
+    /* fill writes its pattern instead of zeros: the secrets go as well */
+    ft_run(&r, 60, child, "no-shared-locks,fill,canary,poison", NULL);
+    fputs(r.out, stdout);
+    if (!r.timed_out && WIFEXITED(r.status) && WEXITSTATUS(r.status) == 0)
+        pass++, printf("ok: fill,canary,poison: no secret left either\n");
+    else
+        fail++, printf("FAIL: fill: status %d%s\n%s", r.status, r.timed_out ? " (hung)" : "",
+                       r.err);
     ft_run(&r, 60, child, "no-shared-locks,no-zero", NULL);
     fputs(r.out, stdout);
     if (!r.timed_out && WIFEXITED(r.status) && WEXITSTATUS(r.status) == 10)
