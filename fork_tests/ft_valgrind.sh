@@ -6,6 +6,10 @@ top_builddir=${top_builddir:-.}
 command -v valgrind >/dev/null || { echo "SKIP: valgrind is not installed"; exit 77; }
 unit="$top_builddir/tests/unit_tests"
 [ -x "$unit" ] || { echo "FAIL: $unit not built"; exit 1; }
+if grep -q __asan_init "$unit"; then
+    echo "SKIP: built with --enable-sanitizers: ASan and valgrind do not run together"
+    exit 77
+fi
 log=$(mktemp /tmp/ft_valgrind.XXXXXX)
 trap 'rm -f "$log"' EXIT
 timeout 900 valgrind --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite \
