@@ -5,6 +5,14 @@ top_builddir=${top_builddir:-.}
 lib="$top_builddir/ossl_mem/.libs/libossl_mem_preload.so"
 [ -f "$lib" ] || { echo "FAIL: $lib not built"; exit 1; }
 lib=$(cd "$(dirname "$lib")" && pwd)/$(basename "$lib")
+# a sanitizer build (--enable-sanitizers) needs the ASan runtime first in LD_PRELOAD, and the
+# programs' own leaks (not ours: ossl_mem's pools are not malloc's) must not fail them
+preload="$lib"
+asan=$(ldd "$lib" 2>/dev/null | awk '/libasan/ {print $3}')
+if [ -n "$asan" ]; then
+    preload="$asan $lib"
+    export ASAN_OPTIONS="detect_leaks=0${ASAN_OPTIONS:+:$ASAN_OPTIONS}"
+fi
 nginx=$(command -v nginx || echo /usr/sbin/nginx)
 [ -x "$nginx" ] || { echo "SKIP: nginx is not installed (tools/setup.sh installs Debian's nginx-light)"; exit 77; }
 for c in curl openssl python3; do
@@ -69,7 +77,7 @@ http {
 }
 EOF
     # the debugging options too: a false alarm in a real server would show in the reports
-    timeout 20 env OSSL_MEM_OPTIONS="poison,fill,canary,report=$dir/report.%p.json" LD_PRELOAD="$lib" \
+    timeout 20 env OSSL_MEM_OPTIONS="poison,fill,canary,report=$dir/report.%p.json" LD_PRELOAD="$preload" \
         "$nginx" -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log" 2>"$dir/start.err"
 }
 port=""

@@ -5,6 +5,14 @@ top_builddir=${top_builddir:-.}
 lib="$top_builddir/ossl_mem/.libs/libossl_mem_preload.so"
 [ -f "$lib" ] || { echo "FAIL: $lib not built"; exit 1; }
 lib=$(cd "$(dirname "$lib")" && pwd)/$(basename "$lib")
+# a sanitizer build (--enable-sanitizers) needs the ASan runtime first in LD_PRELOAD, and the
+# programs' own leaks (not ours: ossl_mem's pools are not malloc's) must not fail them
+preload="$lib"
+asan=$(ldd "$lib" 2>/dev/null | awk '/libasan/ {print $3}')
+if [ -n "$asan" ]; then
+    preload="$asan $lib"
+    export ASAN_OPTIONS="detect_leaks=0${ASAN_OPTIONS:+:$ASAN_OPTIONS}"
+fi
 command -v openssl >/dev/null || { echo "SKIP: openssl (the command) is not installed; tools/setup.sh installs it"; exit 77; }
 command -v python3 >/dev/null || { echo "SKIP: python3 is not installed; tools/setup.sh installs it"; exit 77; }
 
@@ -36,7 +44,7 @@ port=""
 for try in 1 2 3; do
     p=$((20000 + RANDOM % 30000))
     timeout 120 env OSSL_MEM_OPTIONS="poison,fill,canary,check=20000,report=$dir/report.%p.json" \
-        LD_PRELOAD="$lib" \
+        LD_PRELOAD="$preload" \
         openssl s_server -accept "127.0.0.1:$p" -cert "$dir/server.pem" -key "$dir/server.key" \
         -CAfile "$dir/ca.pem" -Verify 2 -verify_return_error -www -naccept $((n + 1)) \
         >"$dir/server.out" 2>"$dir/server.err" </dev/null &
@@ -51,7 +59,7 @@ check $? "openssl s_server runs under the preload on port ${port:-?}"
 
 client() { # cert key -> reply on stdout
     printf 'GET / HTTP/1.0\r\n\r\n' | timeout 20 env OSSL_MEM_OPTIONS="report=$dir/creport.%p.json" \
-        LD_PRELOAD="$lib" openssl s_client -connect "127.0.0.1:$port" -cert "$1" \
+        LD_PRELOAD="$preload" openssl s_client -connect "127.0.0.1:$port" -cert "$1" \
         -key "$2" -CAfile "$dir/ca.pem" -verify_return_error -ign_eof -quiet 2>>"$dir/client.err"
 }
 ok=0
@@ -97,7 +105,7 @@ if command -v "$cc" >/dev/null; then
     printf '#include <openssl/crypto.h>\n__attribute__((constructor)) static void early(void)\n{ OPENSSL_free(OPENSSL_malloc(10)); }\n' >"$dir/early.c"
     "$cc" -shared -fPIC -o "$dir/libearly.so" "$dir/early.c" -lcrypto 2>"$dir/cc.err"
     # the dynamic linker runs the constructors of LD_PRELOAD objects last one first
-    out=$(LD_PRELOAD="$lib $dir/libearly.so" openssl version 2>"$dir/late.err")
+    out=$(LD_PRELOAD="$preload $dir/libearly.so" openssl version 2>"$dir/late.err")
     [ "$(grep -c . "$dir/late.err")" = 1 ] && grep -q "already initialised" "$dir/late.err" &&
         grep -q "leaving it alone" "$dir/late.err" && echo "$out" | grep -q "^OpenSSL 3"
     check $? "OpenSSL used before the preload: one line says so, the program runs normally"
