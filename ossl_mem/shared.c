@@ -335,7 +335,33 @@ static long find_refcount(SSL_CTX *ctx, size_t size)
     return hits == 1 ? off : -1;
 }
 
-/* Fills the fields of <x> that OpenSSL computes on first use (extensions, name encodings). */
+/*
+ * One public-key operation with <pk>: a signature check that fails, but
+ * only after an RSA key cached its Montgomery context (_method_mod_n, made
+ * on the first public operation). A worker verifying a peer would
+ * otherwise make it with its own private memory and store it in the shared
+ * key, where the other workers find a pointer they cannot follow (found by
+ * ossl-mem-stress: RSA, TLS 1.2, "bignum too long" in the workers). The
+ * signature is the number 1, below every modulus, so the operation runs.
+ */
+static void verify_once(EVP_PKEY *pk)
+{
+    unsigned char md[32] = {1}, sig[1024] = {0};
+    int len = EVP_PKEY_get_size(pk);
+    if (len <= 0 || (size_t)len > sizeof sig)
+        return;
+    sig[len - 1] = 1;
+    EVP_PKEY_CTX *pc = EVP_PKEY_CTX_new(pk, NULL);
+    if (pc && EVP_PKEY_verify_init(pc) > 0 &&
+        EVP_PKEY_CTX_set_signature_md(pc, EVP_sha256()) > 0)
+        EVP_PKEY_verify(pc, sig, (size_t)len, md, sizeof md);
+    EVP_PKEY_CTX_free(pc);
+}
+
+/*
+ * Fills the fields of <x> that OpenSSL computes on first use (extensions,
+ * name encodings, the public key and its cached state).
+ */
 static void fill_x509(X509 *x)
 {
     if (!x)
@@ -343,7 +369,9 @@ static void fill_x509(X509 *x)
     X509_check_purpose(x, -1, 0);
     X509_NAME_hash_ex(X509_get_subject_name(x), NULL, NULL, NULL);
     X509_NAME_hash_ex(X509_get_issuer_name(x), NULL, NULL, NULL);
-    X509_get0_pubkey(x);
+    EVP_PKEY *pk = X509_get0_pubkey(x);
+    if (pk)
+        verify_once(pk);
 }
 
 /* One private-key operation with <pk> (failures ignored: not every key type signs raw data). */
