@@ -1,0 +1,145 @@
+#!/bin/bash
+# ft_stress.sh - ossl-mem-stress itself: short bounded runs in every mode and transport with their
+# JSON checked, a run with kills and reloads, RSA with TLS 1.2, the user's own certificate files,
+# a client of another CA (must fail and name the verify error), the timeline and plot files, and
+# bad command lines (one line, status 2).
+set -u
+top_builddir=${top_builddir:-.}
+tool="$top_builddir/stress/ossl-mem-stress"
+[ -x "$tool" ] || { echo "FAIL: $tool not built"; exit 1; }
+command -v python3 >/dev/null || { echo "SKIP: python3 is not installed; tools/setup.sh installs it"; exit 77; }
+dir=$(mktemp -d /tmp/ft_stress.XXXXXX)
+trap 'rm -rf "$dir"' EXIT
+pass=0 fail=0
+check() { if [ "$1" = 0 ]; then echo "ok: $2"; pass=$((pass + 1)); else echo "FAIL: $2"; fail=$((fail + 1)); fi; }
+
+# json FILE PYTHON-CONDITION: the file parses, has the report's keys, and the condition holds
+json() {
+    python3 -m json.tool "$1" >/dev/null 2>&1 && python3 - "$1" "$2" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+keys = ["config", "handshakes_ok", "handshakes_failed", "seconds", "rate_total",
+        "rate_per_worker", "reloads", "kills", "memory", "safety", "first_failure", "verdict"]
+safety = ["double_frees", "invalid_frees", "inherited_frees", "overflows", "uaf_writes",
+          "corrupt_headers", "shared_failed", "check_problems"]
+missing = [k for k in keys if k not in d] + [k for k in safety if k not in d.get("safety", {})]
+if missing:
+    print("missing keys:", missing)
+    sys.exit(1)
+s = d["safety"]
+clean = all(s[k] == 0 for k in safety if k != "inherited_frees")
+ok = eval(sys.argv[2])
+if not ok:
+    print(json.dumps(d, indent=1))
+sys.exit(0 if ok else 1)
+PY
+}
+
+# every mode and transport: a short run, all verified, nothing unexpected
+for mode in shared private glibc; do
+    for tr in bio socket; do
+        timeout 120 "$tool" --workers 2 --handshakes 300 --mode $mode --transport $tr \
+            --json "$dir/$mode-$tr.json" >"$dir/out" 2>"$dir/err"
+        st=$?
+        [ $st = 0 ] && json "$dir/$mode-$tr.json" \
+            'd["handshakes_ok"] == 300 and d["handshakes_failed"] == 0 and clean and d["verdict"] == "PASS"'
+        check $? "--mode $mode --transport $tr: 300 verified handshakes, exit 0, JSON complete"
+        [ $st = 0 ] || cat "$dir/out" "$dir/err"
+    done
+done
+
+# kills and reloads while serving
+timeout 120 "$tool" --workers 3 --seconds 6 --reload-every 1 --kill-every 2 --seed 7 \
+    --json "$dir/kr.json" --timeline "$dir/kr.csv" >"$dir/out" 2>"$dir/err"
+st=$?
+[ $st = 0 ] && json "$dir/kr.json" \
+    'd["kills"] >= 2 and d["reloads"] >= 4 and d["handshakes_ok"] > 100 and d["handshakes_failed"] == 0 and clean'
+check $? "shared, 6 s with a reload every second and a kill every 2 s: all verified, nothing unexpected"
+[ $st = 0 ] || cat "$dir/out" "$dir/err"
+rows=$(tail -n +2 "$dir/kr.csv" 2>/dev/null | wc -l)
+head -1 "$dir/kr.csv" 2>/dev/null | grep -q "^seconds,handshakes,failures,shared_bytes,worker0_private_bytes,worker1_private_bytes,worker2_private_bytes$" &&
+    [ "$rows" -ge 5 ]
+check $? "--timeline: a header and one row per second ($rows rows)"
+
+for mode in private glibc; do
+    timeout 120 "$tool" --workers 2 --seconds 4 --reload-every 1 --kill-every 1 --mode $mode \
+        --transport socket --json "$dir/kr-$mode.json" >"$dir/out" 2>&1
+    st=$?
+    [ $st = 0 ] && json "$dir/kr-$mode.json" 'd["kills"] >= 1 and d["reloads"] >= 2 and d["handshakes_failed"] == 0'
+    check $? "--mode $mode, socket, with reloads and kills"
+    [ $st = 0 ] || cat "$dir/out"
+done
+
+# RSA keys and TLS 1.2 in shared mode (workers verifying the peer used to build the CA key's
+# Montgomery context privately inside the shared key)
+timeout 120 "$tool" --workers 3 --handshakes 600 --key rsa --tls 1.2 --json "$dir/rsa.json" \
+    >"$dir/out" 2>&1
+st=$?
+[ $st = 0 ] && json "$dir/rsa.json" 'd["handshakes_ok"] == 600 and clean'
+check $? "shared, RSA-2048, TLS 1.2, 3 workers: 600 verified handshakes"
+[ $st = 0 ] || cat "$dir/out"
+
+# the user's own certificate files (made with the openssl command)
+if command -v openssl >/dev/null; then
+    mk() { # name cn [ca]
+        openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$dir/$1.key" \
+            -out "$dir/$1.csr" -subj "/CN=$2" 2>/dev/null || return 1
+        if [ -z "${3:-}" ]; then
+            openssl x509 -req -in "$dir/$1.csr" -signkey "$dir/$1.key" -days 1 -out "$dir/$1.pem" \
+                -extfile <(printf 'basicConstraints=critical,CA:TRUE\nkeyUsage=keyCertSign\n') 2>/dev/null
+        else
+            openssl x509 -req -in "$dir/$1.csr" -CA "$dir/$3.pem" -CAkey "$dir/$3.key" \
+                -CAcreateserial -days 1 -out "$dir/$1.pem" \
+                -extfile <(printf 'subjectAltName=DNS:localhost\n') 2>/dev/null
+        fi
+    }
+    mk ca test-ca && mk srv localhost ca && mk cli test-client ca
+    timeout 120 "$tool" --workers 2 --handshakes 200 --cert "$dir/srv.pem" --key-file "$dir/srv.key" \
+        --ca "$dir/ca.pem" --client-cert "$dir/cli.pem" --client-key "$dir/cli.key" \
+        --json "$dir/files.json" >"$dir/out" 2>&1
+    st=$?
+    [ $st = 0 ] && json "$dir/files.json" 'd["handshakes_ok"] == 200'
+    check $? "--cert/--key-file/--ca/--client-cert/--client-key with files made by openssl"
+    [ $st = 0 ] || cat "$dir/out"
+else
+    echo "skipped: the openssl command is not installed (certificate files case)"
+fi
+
+# a client certificate from another CA: every handshake fails, the report names the verify error
+for tr in bio socket; do
+    timeout 120 "$tool" --workers 2 --handshakes 50 --wrong-client-ca --transport $tr \
+        --json "$dir/wrong.json" >"$dir/out" 2>&1
+    st=$?
+    [ $st = 1 ] && grep -q "verdict     FAIL: 50 handshakes failed; first failure: .*certificate verify failed.*unable to get local issuer certificate" "$dir/out" &&
+        json "$dir/wrong.json" 'd["handshakes_failed"] == 50 and d["verdict"] == "FAIL" and "unable to get local issuer certificate" in d["first_failure"]'
+    check $? "--wrong-client-ca ($tr): exit 1, the report names OpenSSL's verify error"
+    [ $st = 1 ] || cat "$dir/out"
+done
+
+# the plot: an SVG with gnuplot, one clear line without it
+timeout 120 "$tool" --workers 2 --seconds 3 --plot "$dir/p.svg" >"$dir/out" 2>"$dir/err"
+st=$?
+if command -v gnuplot >/dev/null; then
+    [ $st = 0 ] && grep -q "<svg" "$dir/p.svg" 2>/dev/null
+    check $? "--plot writes an SVG"
+else
+    [ $st = 0 ] && grep -q "gnuplot is not installed" "$dir/err" && [ ! -e "$dir/p.svg" ]
+    check $? "--plot without gnuplot: one clear line, the run still succeeds"
+fi
+
+# bad command lines: one line on stderr, status 2, nothing run
+for args in "--bogus" "--workers -1" "--workers 0" "--handshakes abc" "--seconds -5" \
+    "--mode fast" "--transport udp" "--tls 1.1" "--verify maybe" "--key dsa" \
+    "--cert /nonexistent/x.pem --key-file /nonexistent/x.key --ca /nonexistent/ca.pem" \
+    "--handshakes 10 --seconds 2" "--options frobnicate" "--workers" "extra"; do
+    # shellcheck disable=SC2086
+    timeout 20 "$tool" $args >"$dir/out" 2>"$dir/err"
+    st=$?
+    [ $st = 2 ] && [ "$(wc -l <"$dir/err")" = 1 ] && [ ! -s "$dir/out" ]
+    check $? "bad usage '$args': status 2 and one line: $(cat "$dir/err")"
+done
+"$tool" --help | grep -q -- "--kill-every"
+check $? "--help describes the options"
+
+echo "$pass passed, $fail failed"
+[ "$fail" -eq 0 ]
