@@ -19,6 +19,13 @@ for w in $words; do
         pass=$((pass + 1)); else
         echo "FAIL: option '$w' is not in ossl_mem(3)"; fail=$((fail + 1)); fi
 done
+# ossl-mem-stress(1) documents every option of ossl-mem-stress --help
+stress="${top_builddir:-.}/stress/ossl-mem-stress"
+man1="${top_srcdir:-.}/man/ossl-mem-stress.1"
+for w in $("$stress" --help | grep -o -- '--[a-z][a-z-]*' | sort -u); do
+    if grep -q -- "$(printf '%s' "$w" | sed 's/-/\\\\-/g')" "$man1"; then pass=$((pass + 1)); else
+        echo "FAIL: ossl-mem-stress option '$w' is not in ossl-mem-stress(1)"; fail=$((fail + 1)); fi
+done
 if command -v groff >/dev/null; then
     for page in "${top_srcdir:-.}"/man/*.[0-9]; do
         warn=$(groff -ww -man -Tutf8 "$page" 2>&1 >/dev/null)
