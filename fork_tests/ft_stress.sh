@@ -61,6 +61,25 @@ head -1 "$dir/kr.csv" 2>/dev/null | grep -q "^seconds,handshakes,failures,shared
     [ "$rows" -ge 5 ]
 check $? "--timeline: a header and one row per second ($rows rows)"
 
+# retired contexts are destroyed while the run goes on: the arena never holds more than the
+# current context, the one being retired and the one being built (bio: workers only; socket: the
+# client processes, forked by the master, count as possible users too)
+bounded() { # csv
+    python3 - "$1" <<'PY'
+import csv, sys
+rows = list(csv.DictReader(open(sys.argv[1])))
+sh = [int(r["shared_bytes"]) for r in rows[:-1]]
+ok = len(sh) >= 4 and max(sh) <= 3 * sh[0]
+print("shared bytes per second:", sh)
+sys.exit(0 if ok else 1)
+PY
+}
+bounded "$dir/kr.csv"
+check $? "bio: the arena stays within 3 contexts over 6 reloads (retired ones are reclaimed)"
+timeout 120 "$tool" --workers 2 --seconds 6 --reload-every 1 --transport socket \
+    --timeline "$dir/krs.csv" >"$dir/out" 2>&1 && bounded "$dir/krs.csv"
+check $? "socket: the same with client processes"
+
 for mode in private glibc; do
     timeout 120 "$tool" --workers 2 --seconds 4 --reload-every 1 --kill-every 1 --mode $mode \
         --transport socket --json "$dir/kr-$mode.json" >"$dir/out" 2>&1

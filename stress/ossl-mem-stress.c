@@ -473,6 +473,10 @@ static void __attribute__((noreturn)) client_main(void)
         struct omt_result r;
         omt_handshake_fd_client(cli, fd, &r); /* the server side counts and judges */
         close(fd);
+        /* forked by the master, a client counts as a possible user of the shared contexts:
+           it never holds one, so every point of its loop is a quiescent point */
+        if (opt.mode == M_SHARED)
+            ossl_mem_ssl_ctx_done(NULL);
     }
     SSL_CTX_free(cli);
     _exit(0);
