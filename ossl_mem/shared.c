@@ -918,10 +918,31 @@ int ossl_mem_ssl_ctx_done(SSL_CTX *ctx)
         return OSSL_MEM_E_NOT_INIT;
     if (!om_g.arena)
         return OSSL_MEM_E_NO_ARENA;
-    om_arena_lock();
-    int rc = 0;
     int slot = om_g.proc_slot;
     uint64_t bit = slot >= 0 ? 1ull << (slot % 64) : 0;
+    if (!ctx) {
+        /*
+         * The common case, a quiescent point with nothing to release: no
+         * retired context still counts on this process. Read without the
+         * lock: a context retired meanwhile is released at a later point,
+         * which RCU allows (only contexts retired before the point must be).
+         */
+        bool any = false;
+        for (int i = 0; i < OM_MAXCTX && !any; i++) {
+            const struct om_sctx *e = &om_g.arena->ctxs[i];
+            any = __atomic_load_n(&e->state, __ATOMIC_ACQUIRE) == OM_SCTX_RETIRED &&
+                  ((slot >= 0 && (__atomic_load_n(&e->holders[slot / 64], __ATOMIC_RELAXED) &
+                                  bit)) ||
+                   __atomic_load_n(&e->owner_id, __ATOMIC_RELAXED) == om_g.proc_id);
+        }
+        /* and no set of this process waits for a retry of its reclamation */
+        for (unsigned set = 1; set < 256 && !any; set++)
+            any = __atomic_load_n(&om_g.arena->pending[set], __ATOMIC_RELAXED) == om_g.proc_id;
+        if (!any)
+            return 0;
+    }
+    om_arena_lock();
+    int rc = 0;
     if (!ctx) {
         /* a quiescent state: done with every context retired so far */
         for (int i = 0; i < OM_MAXCTX && slot >= 0; i++)
