@@ -245,6 +245,22 @@ static void double_free_shared(void)
     AT(OPENSSL_free(p));
 }
 
+/* A shared chunk written after its free: found when the arena hands it out again (FIFO). */
+static void write_after_free_shared(void)
+{
+    if (ossl_mem_shared_begin() != 0)
+        _exit(8);
+    unsigned char *p = OPENSSL_malloc(40);
+    OPENSSL_free(p);
+    p[24] = 1;
+    char *q;
+    AT(q = OPENSSL_malloc(40));
+    ossl_mem_shared_end();
+    if ((unsigned char *)q != p)
+        _exit(4); /* the premise: the only freed chunk of its class comes back */
+    OPENSSL_free(q);
+}
+
 /* A pointer into the middle of a shared chunk. */
 static void interior_shared(void)
 {
@@ -322,6 +338,8 @@ static const struct bad_case cases[] = {
      "first freed at", "fill,quarantine=0", false},
     {"write after free, quarantine", write_after_free_quar, C_UAF, 1, "write after free of",
      "first freed at", "fill", false},
+    {"write after free, shared chunk", write_after_free_shared, C_UAF, 1, "write after free of",
+     "freed shared chunk", "fill", false},
     {"double free, shared chunk", double_free_shared, C_DOUBLE, 1, "double free of", NULL, NULL,
      false},
     {"interior pointer, shared chunk", interior_shared, C_INVALID, 1, "invalid free of",

@@ -222,10 +222,12 @@ void *om_arena_alloc(size_t size, uint16_t site, uint8_t tag, uint8_t set, uint1
     struct om_chunk *h;
     unsigned cls;
     size_t span;
+    bool reused = false;
     if (size <= OM_SMALL_MAX) {
         cls = om_size_class(size);
         span = om_cls[cls].stride;
         h = freel_take(cls);
+        reused = h != NULL;
         if (!h && A->bump + span <= A->cap) {
             h = at(A->bump);
             om_hdr_store_live_f(h, 0, 0, 0, (uint8_t)cls, 0, 0);
@@ -237,6 +239,7 @@ void *om_arena_alloc(size_t size, uint16_t site, uint8_t tag, uint8_t set, uint1
         h = large_take(size);
         if (h) {
             span = chunk_cap(h) + 32;
+            reused = true;
         } else {
             span = (size + 32 + PAGE - 1) & ~(size_t)(PAGE - 1);
             if (A->bump + span <= A->cap) {
@@ -255,6 +258,11 @@ void *om_arena_alloc(size_t size, uint16_t site, uint8_t tag, uint8_t set, uint1
         errno = ENOMEM;
         return NULL;
     }
+    /* with fill, a chunk handed out again must still hold the pattern its free wrote */
+    struct om_chunk old;
+    bool uaf = reused && om_g.opt.fill && !om_freed_intact(h, chunk_cap(h));
+    if (uaf)
+        old = *h;
     om_hdr_store_live_f(h, size >= UINT32_MAX ? UINT32_MAX : (uint32_t)size, site, owner,
                         (uint8_t)cls, tag, set);
     A->used += span;
@@ -262,6 +270,14 @@ void *om_arena_alloc(size_t size, uint16_t site, uint8_t tag, uint8_t set, uint1
     if (A->used > A->peak)
         A->peak = A->used;
     om_arena_unlock();
+    if (OM_UNLIKELY(uaf)) {
+        const char *file = NULL;
+        int line = 0;
+        om_site_get(site, &file, &line);
+        om_fault(OM_F_UAF_WRITE, om_user(h), &old, file, line,
+                 "the fill pattern of the freed shared chunk was changed; found when it was "
+                 "about to be handed out again");
+    }
     return om_user(h);
 }
 
