@@ -571,6 +571,8 @@ static int slot_of(pid_t pid)
     return -1;
 }
 
+static int running; /* workers the master still waits for */
+
 /* Kills a random running worker at its next safe point and forks its replacement. */
 static void kill_one(unsigned *rnd)
 {
@@ -592,8 +594,12 @@ static void kill_one(unsigned *rnd)
     atomic_store(&s->pid, 0);
     retire_slot(idx);
     res.kills++;
-    if (!atomic_load(&ctl->stop) && spawn_worker(idx) < 0)
-        record_first("fork: %s", strerror(errno));
+    pid_t np = spawn_worker(idx);
+    if (np <= 0) {
+        if (np < 0)
+            record_first("fork: %s", strerror(errno));
+        running--; /* no replacement: one worker fewer to wait for */
+    }
 }
 
 static void reload(SSL_CTX **cur)
@@ -823,13 +829,16 @@ int main(int argc, char **argv)
     signal(SIGTERM, on_stop);
 
     double t0 = now();
-    for (long i = 0; i < opt.workers; i++)
+    running = 0;
+    for (long i = 0; i < opt.workers; i++) {
         if (spawn_worker((int)i) < 0) {
             perror("ossl-mem-stress: fork");
             atomic_store(&ctl->stop, 1);
             res.setup_failed = true;
             break;
         }
+        running++;
+    }
     if (opt.transport == T_SOCKET)
         for (long i = 0; i < opt.workers && !res.setup_failed; i++) {
             fflush(NULL);
@@ -848,7 +857,6 @@ int main(int argc, char **argv)
         t0 + (double)opt.reload_every, next_kill = t0 + (double)opt.kill_every;
     double last_change = t0;
     long last_total = -1;
-    int running = (int)opt.workers;
     while (running > 0) {
         double t = now();
         /* reap the workers that finished */
