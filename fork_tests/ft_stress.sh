@@ -148,6 +148,15 @@ else
     check $? "--plot without gnuplot: one clear line, the run still succeeds"
 fi
 
+# a run whose workers hang (no process-shared locks: a worker waits for a lock a sibling
+# released) still ends: the master's watchdog kills what is left 15 s after the stop
+start=$(date +%s)
+timeout 120 "$tool" --workers 4 --seconds 5 --options no-shared-locks >"$dir/out" 2>&1
+st=$?
+took=$(( $(date +%s) - start ))
+{ [ $st = 0 ] || { [ $st = 1 ] && grep -q "verdict     FAIL: watchdog" "$dir/out"; }; } && [ $took -le 40 ]
+check $? "hanging workers (no-shared-locks): the run still ends in ${took} s ($(grep -o 'verdict.*' "$dir/out" | cut -c1-60))"
+
 # bad command lines: one line on stderr, status 2, nothing run
 for args in "--bogus" "--workers -1" "--workers 0" "--handshakes abc" "--seconds -5" \
     "--mode fast" "--transport udp" "--tls 1.1" "--verify maybe" "--key dsa" \

@@ -855,7 +855,7 @@ int main(int argc, char **argv)
     struct sample *tl = calloc((size_t)cap + 1, sizeof *tl);
     double next_sample = t0, next_progress = t0 + (tty ? 0.5 : 5), next_reload =
         t0 + (double)opt.reload_every, next_kill = t0 + (double)opt.kill_every;
-    double last_change = t0;
+    double last_change = t0, stop_time = 0;
     long last_total = -1;
     while (running > 0) {
         double t = now();
@@ -891,6 +891,16 @@ int main(int argc, char **argv)
         if (stop_signal && !atomic_load(&ctl->stop)) {
             record_first("interrupted by signal %d", (int)stop_signal);
             atomic_store(&ctl->stop, 1);
+        }
+        /* the end of the run is bounded too: 15 s after the stop, what is left is killed */
+        if (atomic_load(&ctl->stop) && stop_time == 0)
+            stop_time = t;
+        if (stop_time && t - stop_time > 15 && !res.watchdog) {
+            record_first("watchdog: workers still running 15 s after the stop; killed");
+            res.watchdog = true;
+            for (long i = 0; i < opt.workers; i++)
+                if (atomic_load(&ctl->slot[i].pid) > 0)
+                    kill(atomic_load(&ctl->slot[i].pid), SIGKILL);
         }
         if (!atomic_load(&ctl->stop)) {
             if (opt.reload_every && t >= next_reload) {
@@ -962,7 +972,7 @@ int main(int argc, char **argv)
     uint64_t unexpected = res.faults[0] + res.faults[1] + res.faults[3] + res.faults[4] +
                           res.faults[5] + res.shared_failed + res.check_problems;
     char why[640] = "";
-    if (res.failed || res.watchdog || res.setup_failed)
+    if (res.failed)
         snprintf(why, sizeof why, "%ld handshakes failed; first failure: %s", res.failed,
                  atomic_load(&ctl->first_set) ? ctl->first : "?");
     else if (atomic_load(&ctl->first_set))
