@@ -1,9 +1,9 @@
 /*
  * fuzz_ops.c - libFuzzer target: the input is a sequence of allocator
  * operations (malloc, zalloc, realloc, free, clear_free, tag push/pop,
- * shared scope begin/end, impossible sizes, deliberate double, interior,
- * libc and stack frees and reallocs) done through OpenSSL's CRYPTO_*
- * functions, and every result is checked against a simple model: contents
+ * shared scope begin/end, impossible sizes, an OpenSSL lock, deliberate
+ * double, interior, libc and stack frees and reallocs) done through
+ * OpenSSL's CRYPTO_* functions, and every result is checked against a simple model: contents
  * survive reallocs, the statistics equal the model's figures (live chunks
  * and bytes, chunks created and released, failed allocations, private and
  * shared, per tag, faults counted), pointers land in the pool the model
@@ -62,6 +62,7 @@ struct model {
     uint64_t failed;                /* allocations that returned NULL */
     uint64_t tag_allocs[NTAGS];     /* private chunks created per tag */
     uint64_t doubles, invalids;     /* deliberate faults done */
+    uint64_t shared_locks;          /* OpenSSL locks made in a shared scope */
 };
 
 /* The library's figures at the start of an input: the model counts from there. */
@@ -144,6 +145,10 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
         CHECK(ossl_mem_tag_push(tag_names[t]) == 0, "tag_push(%s)", tag_names[t]);
         ossl_mem_tag_pop();
     }
+    struct ossl_mem_stats st;
+    CHECK(ossl_mem_get_stats(&st) == 0, "get_stats");
+    fprintf(stderr, "fuzz_ops: shared scopes %s, %llu OpenSSL locks made process-shared\n",
+            shared_ok ? "on" : "off", U(st.lock_inits_shared));
     return 0;
 }
 
@@ -291,6 +296,9 @@ static void compare(const struct model *m, const struct base *b, int walk, int e
           "hooks %llu",
           U(st.overflows), U(st.uaf_writes), U(st.corrupt_headers), U(st.inherited_frees),
           U(st.hooks_replaced));
+    CHECK(st.lock_inits_shared == st0->lock_inits_shared + m->shared_locks,
+          "lock_inits_shared %llu, expected %llu + %llu", U(st.lock_inits_shared),
+          U(st0->lock_inits_shared), U(m->shared_locks));
     if (end)
         CHECK(st.shared_used == st0->shared_used && st.large_chunks == st0->large_chunks,
               "after the input: shared_used %llu (was %llu), large_chunks %llu (was %llu)",
@@ -381,7 +389,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     while (n > 0 && ops++ < 2000) {
         uint8_t op = next(&d, &n);
         struct slot *s = &m.slot[next(&d, &n) % NSLOTS];
-        switch (op % 12) {
+        switch (op % 13) {
         case 0: { /* malloc, or zalloc when the seed is odd */
             if (s->p)
                 release(&m, s, 0);
@@ -503,6 +511,26 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                     do_realloc(&m, s, sz, s->seed, 0);
             }
             break;
+        case 12: { /* an OpenSSL lock: in a scope it lives in the arena and is made process-shared */
+            CRYPTO_RWLOCK *l = CRYPTO_THREAD_lock_new();
+            if (!l) {
+                null_answer(&m, 0, "CRYPTO_THREAD_lock_new");
+                break;
+            }
+            CHECK(ossl_mem_is_shared(l) == (m.scope > 0), "lock: shared %d in scope depth %d",
+                  ossl_mem_is_shared(l), m.scope);
+            CHECK(CRYPTO_THREAD_write_lock(l) && CRYPTO_THREAD_unlock(l) &&
+                      CRYPTO_THREAD_read_lock(l) && CRYPTO_THREAD_unlock(l),
+                  "lock/unlock");
+            CRYPTO_THREAD_lock_free(l);
+            if (m.scope > 0) {
+                m.shared_locks++;
+            } else {
+                count_alloc(&m, current_tag(&m));
+                m.frees++;
+            }
+            break;
+        }
         }
         compare(&m, &b, 0, 0);
     }
