@@ -14,10 +14,13 @@ printf 'int LLVMFuzzerTestOneInput(const unsigned char *d, unsigned long n) { re
     echo "SKIP: $cc cannot link -fsanitize=fuzzer (install libclang-rt-14-dev): $(head -1 "$probe/err")"
     exit 77
 }
+# -DPIC: locks.c then defines pthread_rwlock_init and pthread_mutex_init in the executable,
+# which exports them to libcrypto (it calls them) as libossl_mem.so would: shared scopes work
+# with OpenSSL's locks in the arena made process-shared, as in a server.
 core=(init options router pool large tc site fault report check arena shared locks debug)
 files=()
 for f in "${core[@]}"; do files+=("$src/ossl_mem/$f.c"); done
 "$cc" -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
-    -fno-omit-frame-pointer -I"$src" -I"$src/ossl_mem" -D_GNU_SOURCE \
+    -fno-omit-frame-pointer -DPIC -fsanitize-coverage-ignorelist="$src/fuzz/coverage_ignore.txt" -I"$src" -I"$src/ossl_mem" -D_GNU_SOURCE \
     "$src/fuzz/fuzz_ops.c" "${files[@]}" -o "$out" -lssl -lcrypto -lpthread -ldl
 echo "built $out"

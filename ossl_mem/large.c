@@ -136,10 +136,27 @@ void *om_large_alloc(struct om_tc *tc, size_t size, uint16_t site, uint8_t tag)
 }
 
 /*
+ * Whether the page at <a> (page-aligned) is mapped now, by anyone: mincore()
+ * fails with ENOMEM on an unmapped page. Keeps errno.
+ */
+static bool page_mapped(uintptr_t a)
+{
+    unsigned char v;
+    int saved = errno;
+    bool mapped = mincore((void *)a, page_size, &v) == 0;
+    errno = saved;
+    return mapped;
+}
+
+/*
  * Looks <p> up among large chunks. Returns 1 (live: *hp, *size and *cap
  * set), 2 (tombstone of a freed chunk: *hp points to a header copy that
  * stays valid until the next call from this thread, for the report), or 0
- * (not a large chunk). Never touches memory that is not mapped.
+ * (not a large chunk). A tombstone whose first page is mapped again, by
+ * another of our mappings (<p> is then inside a live large chunk) or by
+ * anyone else (glibc's mmapped chunks also start 16 bytes into a page), no
+ * longer says anything about <p>: 0. Never touches memory that is not
+ * mapped.
  */
 int om_large_find(const void *p, struct om_chunk **hp, size_t *size, size_t *cap)
 {
@@ -152,7 +169,7 @@ int om_large_find(const void *p, struct om_chunk **hp, size_t *size, size_t *cap
         *size = e->size;
         *cap = e->maplen - OM_HDR;
         rc = 1;
-    } else if (e) {
+    } else if (e && !page_mapped(e->ptr - OM_HDR)) {
         memset(&ghost, 0, sizeof ghost);
         ghost.size = e->size >= UINT32_MAX ? UINT32_MAX : (uint32_t)e->size;
         ghost.asite = e->asite;

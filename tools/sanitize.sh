@@ -1,13 +1,20 @@
 #!/bin/bash
-# sanitize.sh - builds the committed tree with ./configure --enable-sanitizers (ASan and UBSan) in a
-# scratch directory and runs the whole suite there (make check); exit status 0 only if all pass.
+# sanitize.sh - builds a copy of the source tree (its tracked files) with --enable-sanitizers (ASan,
+# UBSan) in a scratch directory and runs the whole suite there (make check); exit 0 only if all pass.
 # Usage: tools/sanitize.sh [DIR]   (default: a new directory under /tmp, removed on success)
 set -euo pipefail
 src=$(cd "$(dirname "$0")/.." && pwd)
 dir=${1:-$(mktemp -d /tmp/ossl_mem-san.XXXXXX)}
 mkdir -p "$dir"
-# the committed files only: a configured source tree cannot host an out-of-tree build
-git -C "$src" ls-files -z | (cd "$src" && xargs -0 cp --parents -t "$dir")
+# a copy rather than an out-of-tree build: the source tree is usually configured in place (CI
+# builds there first), and automake then refuses a VPATH build. In a git checkout the tracked
+# files are copied; in an unpacked tarball everything, then cleaned.
+if git -C "$src" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+    git -C "$src" ls-files -z | (cd "$src" && xargs -0 cp --parents -t "$dir")
+else
+    cp -a "$src/." "$dir"
+    [ ! -f "$dir/Makefile" ] || make -s -C "$dir" distclean >/dev/null 2>&1 || true
+fi
 cd "$dir"
 autoreconf -fi >/dev/null 2>&1
 ./configure -q --enable-sanitizers

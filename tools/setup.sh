@@ -3,7 +3,7 @@
 # Usage: tools/setup.sh [--bench]   (--bench adds jemalloc and mimalloc for the benchmarks)
 set -euo pipefail
 pkgs=(gcc make autoconf automake libtool pkg-config libssl-dev openssl curl libcunit1-dev python3 binutils
-      groff-base clang libclang-rt-14-dev valgrind gnuplot-nox)
+      groff-base clang libclang-rt-14-dev llvm valgrind gnuplot-nox)
 if [ "${1:-}" = "--bench" ]; then
     pkgs+=(libjemalloc-dev libmimalloc-dev)
 fi
