@@ -894,8 +894,9 @@ static void print_report(bool pass, const char *why, double rate)
                res.faults[F_UAF], res.faults[F_CORRUPT], res.faults[F_HOOKS], res.shared_failed,
                res.lock_repairs);
         if (opt.mode == M_SHARED)
-            printf("              expected: %" PRIu64 " inherited frees (workers' exit cleanup "
-                   "freeing shared chunks; ossl_mem refuses them)\n", res.faults[F_INHERITED]);
+            printf("              allowed: %" PRIu64 " inherited frees (a worker freeing a shared "
+                   "chunk, e.g. in its exit cleanup; refused by ossl_mem)\n",
+                   res.faults[F_INHERITED]);
         else
             printf("              unexpected too: %" PRIu64 " inherited frees (no chunk is "
                    "shared in %s mode)\n", res.faults[F_INHERITED], mode_name[opt.mode]);
