@@ -237,5 +237,11 @@ done
 "$tool" --help | grep -q -- "--kill-every"
 check $? "--help describes the options"
 
+# the man page passes mandoc's lint where mandoc is installed (groff's check is in ft_docs.sh)
+if command -v mandoc >/dev/null; then
+    mandoc -Tlint "${top_srcdir:-.}/man/ossl-mem-stress.1" >"$dir/lint" 2>&1
+    check $? "mandoc -Tlint ossl-mem-stress.1: $(head -c 200 "$dir/lint")"
+fi
+
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]
