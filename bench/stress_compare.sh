@@ -3,6 +3,7 @@
 # round, transport and worker count both modes run back to back (order alternating by round),
 # and the table gives the median handshakes/s of each and the median of the per-run ratios.
 # Usage: bench/stress_compare.sh [SECONDS [ROUNDS [WORKERS...]]]   (default: 5 3 1 2 4 8)
+# STRESS_TOOL=PATH runs another build of the tool (e.g. an installed one while this tree is rebuilt).
 # Run by hand (never in CI); the machine should be otherwise idle.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,8 +12,8 @@ rounds=${2:-3}
 shift $(( $# > 2 ? 2 : $# ))
 workers=("$@")
 [ ${#workers[@]} -gt 0 ] || workers=(1 2 4 8)
-tool=stress/ossl-mem-stress
-[ -x "$tool" ] || make -s "$tool"
+tool=${STRESS_TOOL:-stress/ossl-mem-stress}
+[ -n "${STRESS_TOOL:-}" ] || [ -x "$tool" ] || make -s "$tool"
 out=$(mktemp /tmp/stress_compare.XXXXXX)
 trap 'rm -f "$out"' EXIT
 for r in $(seq "$rounds"); do

@@ -19,17 +19,30 @@ json() {
 import json, sys
 d = json.load(open(sys.argv[1]))
 keys = ["config", "handshakes_ok", "handshakes_failed", "seconds", "rate_total",
-        "rate_per_worker", "reloads", "kills", "memory", "safety", "first_failure", "verdict"]
+        "rate_per_worker", "reloads", "kills", "memory", "safety", "check", "workers",
+        "first_failure", "verdict"]
 safety = ["double_frees", "invalid_frees", "inherited_frees", "overflows", "uaf_writes",
-          "corrupt_headers", "shared_failed", "check_problems"]
+          "corrupt_headers", "hooks_replaced", "shared_failed", "lock_repairs", "check_problems"]
+slot = ["slot", "forked", "ok", "failed", "private_peak", "check", "first_failure"]
 missing = [k for k in keys if k not in d] + [k for k in safety if k not in d.get("safety", {})]
+missing += ["workers[%d].%s" % (i, k) for i, w in enumerate(d.get("workers", [])) for k in slot
+            if k not in w]
+if len(d.get("workers", [])) != d.get("config", {}).get("workers"):
+    missing.append("one workers[] entry per slot")
 if missing:
     print("missing keys:", missing)
     sys.exit(1)
 s = d["safety"]
-# glibc mode has no counters (null); every other mode must have zeros
+# glibc mode has no counters (null); every other mode must have zeros, inherited frees
+# included outside shared mode, and every worker that was not killed checked with 0 problems
 na = d["config"]["mode"] == "glibc"
-clean = all((s[k] is None) if na else (s[k] == 0) for k in safety if k != "inherited_frees")
+clean = all((s[k] is None) if na else (s[k] == 0) for k in safety
+            if k != "inherited_frees" or d["config"]["mode"] != "shared")
+clean = clean and (s["unexpected"] is None if na else s["unexpected"] == 0)
+if not na:
+    c = d["check"]
+    clean = clean and c["master"] == 0 and c["workers_checked"] >= d["config"]["workers"] \
+        and all(w["check"] == 0 for w in d["workers"])
 ok = eval(sys.argv[2])
 if not ok:
     print(json.dumps(d, indent=1))
@@ -55,8 +68,8 @@ timeout 120 "$tool" --workers 3 --seconds 6 --reload-every 1 --kill-every 2 --se
     --json "$dir/kr.json" --timeline "$dir/kr.csv" >"$dir/out" 2>"$dir/err"
 st=$?
 [ $st = 0 ] && json "$dir/kr.json" \
-    'd["kills"] >= 2 and d["reloads"] >= 4 and d["handshakes_ok"] > 100 and d["handshakes_failed"] == 0 and clean'
-check $? "shared, 6 s with a reload every second and a kill every 2 s: all verified, nothing unexpected"
+    'd["kills"] >= 2 and d["reloads"] >= 4 and d["handshakes_ok"] > 100 and d["handshakes_failed"] == 0 and clean and d["check"]["workers_unchecked"] == d["kills"] and sum(w["forked"] for w in d["workers"]) == 3 + d["kills"] and d["memory"]["contexts_left"] == 0'
+check $? "shared, 6 s with a reload every second and a kill every 2 s: all verified, nothing unexpected, kills and reloads counted"
 [ $st = 0 ] || cat "$dir/out" "$dir/err"
 rows=$(tail -n +2 "$dir/kr.csv" 2>/dev/null | wc -l)
 head -1 "$dir/kr.csv" 2>/dev/null | grep -q "^seconds,handshakes,failures,shared_bytes,worker0_private_bytes,worker1_private_bytes,worker2_private_bytes$" &&
@@ -157,11 +170,64 @@ took=$(( $(date +%s) - start ))
 { [ $st = 0 ] || { [ $st = 1 ] && grep -q "verdict     FAIL: watchdog" "$dir/out"; }; } && [ $took -le 40 ]
 check $? "hanging workers (no-shared-locks): the run still ends in ${took} s ($(grep -o 'verdict.*' "$dir/out" | cut -c1-60))"
 
+# the master killed outright (SIGKILL): its workers and clients die with it (no orphan)
+"$tool" --workers 2 --seconds 60 --transport socket >"$dir/out" 2>&1 &
+master=$!
+sleep 1.5
+kids=$(ps -o pid= --ppid $master | tr -d ' ')
+kill -KILL $master
+wait $master 2>/dev/null
+alive() { # the pids given that still run (a zombie waiting for init to reap it does not)
+    for k in "$@"; do
+        case $(ps -o stat= -p "$k" 2>/dev/null) in ""|Z*) ;; *) printf ' %s' "$k" ;; esac
+    done
+}
+for _ in 1 2 3 4 5 6 7 8 9 10; do
+    left=$(alive $kids)
+    [ -z "$left" ] && break
+    sleep 0.3
+done
+[ -n "$kids" ] && [ -z "$left" ]
+check $? "master SIGKILLed: its $(echo $kids | wc -w) children are gone${left:+ (left:$left)}"
+for k in $left; do kill -KILL "$k" 2>/dev/null; done
+
+# SIGTERM to the master: the workers finish their handshake, the report says so, status 1
+"$tool" --workers 2 --seconds 60 >"$dir/out" 2>&1 &
+master=$!
+sleep 1.5
+kids=$(ps -o pid= --ppid $master | tr -d ' ')
+kill -TERM $master
+wait $master
+st=$?
+left=$(alive $kids)
+[ $st = 1 ] && grep -q "verdict     FAIL: interrupted by signal 15" "$dir/out" && [ -z "$left" ]
+check $? "master SIGTERMed: the run ends with a report (status $st), no child left"
+
+# the user's files are checked before anything runs: status 2 and one line
+if [ -e "$dir/srv.pem" ]; then
+    badfile() { # description, then the arguments
+        local what=$1
+        shift
+        timeout 20 "$tool" --handshakes 10 "$@" >"$dir/out" 2>"$dir/err"
+        st=$?
+        [ $st = 2 ] && [ "$(wc -l <"$dir/err")" = 1 ] && [ ! -s "$dir/out" ]
+        check $? "$what: status $st and one line: $(head -c 200 "$dir/err")"
+    }
+    badfile "a key that does not match the certificate" --cert "$dir/srv.pem" \
+        --key-file "$dir/cli.key" --ca "$dir/ca.pem"
+    openssl x509 -req -in "$dir/srv.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca.key" -CAcreateserial -days 1 \
+        -out "$dir/srvonly.pem" -extfile <(printf 'extendedKeyUsage=serverAuth\n') 2>/dev/null
+    badfile "a serverAuth-only certificate reused as the client's" --cert "$dir/srvonly.pem" \
+        --key-file "$dir/srv.key" --ca "$dir/ca.pem"
+    badfile "a directory as --ca" --cert "$dir/srv.pem" --key-file "$dir/srv.key" --ca "$dir"
+fi
+
 # bad command lines: one line on stderr, status 2, nothing run
 for args in "--bogus" "--workers -1" "--workers 0" "--handshakes abc" "--seconds -5" \
     "--mode fast" "--transport udp" "--tls 1.1" "--verify maybe" "--key dsa" \
     "--cert /nonexistent/x.pem --key-file /nonexistent/x.key --ca /nonexistent/ca.pem" \
-    "--handshakes 10 --seconds 2" "--options frobnicate" "--workers" "extra"; do
+    "--handshakes 10 --seconds 2" "--options frobnicate" "--workers" "extra" \
+    "--json /nonexistent/r.json" "--kill-every 1x" "--seed -3"; do
     # shellcheck disable=SC2086
     timeout 20 "$tool" $args >"$dir/out" 2>"$dir/err"
     st=$?
@@ -170,6 +236,12 @@ for args in "--bogus" "--workers -1" "--workers 0" "--handshakes abc" "--seconds
 done
 "$tool" --help | grep -q -- "--kill-every"
 check $? "--help describes the options"
+
+# the man page passes mandoc's lint where mandoc is installed (groff's check is in ft_docs.sh)
+if command -v mandoc >/dev/null; then
+    mandoc -Tlint "${top_srcdir:-.}/man/ossl-mem-stress.1" >"$dir/lint" 2>&1
+    check $? "mandoc -Tlint ossl-mem-stress.1: $(head -c 200 "$dir/lint")"
+fi
 
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]

@@ -34,6 +34,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -41,6 +42,7 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
+#include <openssl/x509v3.h>
 
 #include <ossl_mem/ossl_mem.h>
 
@@ -74,7 +76,8 @@ static const char usage[] =
     "  --cert FILE --key-file FILE --ca FILE\n"
     "                       the server's certificate and key and the CA both sides trust, instead\n"
     "                       of generated ones; --client-cert FILE --client-key FILE give the\n"
-    "                       client's pair (default: the server's pair, which then needs clientAuth)\n"
+    "                       client's pair (default: the server's pair, which then must permit\n"
+    "                       client authentication); all are checked before the run starts\n"
     "  --wrong-client-ca    the client presents a certificate from another CA (must fail)\n"
     "  --json FILE          write the final report as JSON\n"
     "  --timeline FILE      write one CSV row per second: handshakes, failures, shared bytes and\n"
@@ -83,7 +86,7 @@ static const char usage[] =
     "  --seed N             seed of the random choices (default 1)\n"
     "  --help               this text\n"
     "Exit status: 0 if every handshake verified and no unexpected safety event happened, 1\n"
-    "otherwise (the report names the first failure), 2 for bad usage.\n";
+    "otherwise (the report names the first failure), 2 for bad usage or unusable files.\n";
 
 #define MAX_WORKERS 256
 
@@ -105,14 +108,22 @@ static struct {
 } opt = {4, 2000, 0, 0, 0, 1, OMT_KEY_EC, TLS1_3_VERSION, OMT_VERIFY_MUTUAL, M_SHARED, T_BIO,
          NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, false};
 
-/* A worker's figures in the control page (written by the worker alone). */
+/* Safety counters a worker hands over (index into the faults arrays). */
+enum { F_DOUBLE, F_INVALID, F_INHERITED, F_OVERFLOW, F_UAF, F_CORRUPT, F_HOOKS, NF };
+static const char *const fault_json[NF] = {"double_frees", "invalid_frees", "inherited_frees",
+                                           "overflows", "uaf_writes", "corrupt_headers",
+                                           "hooks_replaced"};
+
+/* A worker's figures in the control page (written by the worker alone, except pid and state). */
 struct slot {
     _Atomic pid_t pid;              /* 0: free */
     _Atomic long ok, failed;        /* handshakes */
     _Atomic int state;              /* S_* */
     _Atomic uint64_t live, mapped, peak;    /* private memory */
-    _Atomic uint64_t faults[6];     /* double, invalid, inherited, overflow, uaf, corrupt */
+    _Atomic uint64_t faults[NF];    /* F_*, this process's ossl_mem_get_stats() figures */
     _Atomic long check;             /* ossl_mem_check() at exit, -1 not run */
+    _Atomic int err_set;            /* err holds this worker's first failure */
+    char err[256];                  /* its text (omt_result.err) */
 };
 enum { S_RUN = 0, S_PARK_REQ, S_PARKED, S_DONE };
 
@@ -123,7 +134,7 @@ struct control {
     _Atomic uint64_t gen;           /* current context generation */
     _Atomic(SSL_CTX *) ctx[2];      /* shared mode: generation g's context is ctx[g & 1] */
     _Atomic long dead_ok, dead_failed;      /* counts of replaced (killed) workers */
-    _Atomic uint64_t dead_faults[6];
+    _Atomic uint64_t dead_faults[NF];
     _Atomic int first_set;          /* first failure recorded */
     char first[512];                /* its text */
     struct slot slot[MAX_WORKERS];
@@ -137,6 +148,15 @@ static const char *srv_cert_f, *srv_key_f, *ca_f, *cli_cert_f, *cli_key_f;
 static int listen_fd = -1;
 static long listen_port;
 static pid_t clients[MAX_WORKERS];
+static pid_t master_pid;
+
+/* Per worker slot, over every worker that ran in it (the master's own figures). */
+static struct {
+    long ok, failed;            /* handshakes of its killed predecessors */
+    long started;               /* workers forked into it */
+    uint64_t peak;              /* highest private live bytes of any of them */
+    long check;                 /* last worker's ossl_mem_check() at exit, -1 not run */
+} per[MAX_WORKERS];
 
 /* ------------------------------------------------------------------ */
 /* Arguments                                                           */
@@ -163,10 +183,30 @@ static long num_arg(const char *o, const char *v, long min, long max)
     return n;
 }
 
+/* A PEM file to read: it must exist, be readable and not be a directory. */
 static const char *file_arg(const char *o, const char *v)
 {
-    if (access(v, R_OK) != 0)
+    struct stat sb;
+    if (access(v, R_OK) != 0 || stat(v, &sb) != 0)
         usage_error("%s %s: %s", o, v, strerror(errno));
+    if (S_ISDIR(sb.st_mode))
+        usage_error("%s %s: is a directory", o, v);
+    return v;
+}
+
+/* A file to write at the end: its directory must exist and be writable now. */
+static const char *out_arg(const char *o, const char *v)
+{
+    char dir[PATH_MAX];
+    const char *slash = strrchr(v, '/');
+    if (!*v)
+        usage_error("%s needs a file name", o);
+    if (!slash)
+        snprintf(dir, sizeof dir, ".");
+    else
+        snprintf(dir, sizeof dir, "%.*s", slash == v ? 1 : (int)(slash - v), v);
+    if (access(dir, W_OK) != 0)
+        usage_error("%s %s: cannot write in %s: %s", o, v, dir, strerror(errno));
     return v;
 }
 
@@ -231,9 +271,9 @@ static void parse_args(int argc, char **argv)
         case 'C': opt.client_cert = file_arg("--client-cert", optarg); break;
         case 'F': opt.client_key = file_arg("--client-key", optarg); break;
         case 'W': opt.wrong_ca = true; break;
-        case 'j': opt.json = optarg; break;
-        case 'l': opt.timeline = optarg; break;
-        case 'p': opt.plot = optarg; break;
+        case 'j': opt.json = out_arg("--json", optarg); break;
+        case 'l': opt.timeline = out_arg("--timeline", optarg); break;
+        case 'p': opt.plot = out_arg("--plot", optarg); break;
         case 'h': fputs(usage, stdout); exit(0);
         default:
             for (const struct option *o = lo; optopt && o->name; o++)
@@ -353,13 +393,38 @@ static void snapshot(struct slot *s)
             return;
         atomic_store(&s->live, st.live_bytes);
         atomic_store(&s->mapped, st.private_mapped);
-        uint64_t f[6] = {st.double_frees, st.invalid_frees, st.inherited_frees, st.overflows,
-                         st.uaf_writes, st.corrupt_headers};
-        for (int i = 0; i < 6; i++)
+        uint64_t f[NF] = {st.double_frees, st.invalid_frees, st.inherited_frees, st.overflows,
+                          st.uaf_writes, st.corrupt_headers, st.hooks_replaced};
+        for (int i = 0; i < NF; i++)
             atomic_store(&s->faults[i], f[i]);
     }
     if (atomic_load(&s->live) > atomic_load(&s->peak))
         atomic_store(&s->peak, atomic_load(&s->live));
+}
+
+/*
+ * Socket options of both ends of a connection: no Nagle delay (small records both ways), and
+ * every blocking read or write gives up after 10 s, so that a peer that stops answering costs
+ * one failed handshake (omt's own 10 s deadline), not a worker stuck for good.
+ */
+static void tune_socket(int fd)
+{
+    int one = 1;
+    struct timeval tv = {10, 0};
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+}
+
+/*
+ * In a child just forked: dies with the master (SIGKILL when it goes, however it goes), so
+ * that no worker or client outlives a master that crashed or was killed.
+ */
+static void die_with_master(void)
+{
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != master_pid) /* the master went before the line above */
+        _exit(4);
 }
 
 /* Whether the worker may start one more handshake (budget or time). */
@@ -386,6 +451,7 @@ static void __attribute__((noreturn)) worker_main(int idx)
     while (take_one()) {
         /* a safe point: no handshake in progress, no context pointer held */
         if (atomic_load(&s->state) == S_PARK_REQ) {
+            snapshot(s); /* exact counters for the master, which adds them up after the kill */
             atomic_store(&s->state, S_PARKED);
             for (;;)
                 pause(); /* the master kills it here */
@@ -415,9 +481,9 @@ static void __attribute__((noreturn)) worker_main(int idx)
                     atomic_fetch_add(&ctl->remaining, 1); /* give the turn back */
                 goto quiescent;
             }
-            int fd = accept(listen_fd, NULL, NULL), one = 1;
-            if (fd >= 0) /* small records both ways: no Nagle delay */
-                setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+            int fd = accept(listen_fd, NULL, NULL);
+            if (fd >= 0)
+                tune_socket(fd);
             if (fd < 0) {
                 if (!opt.seconds)
                     atomic_fetch_add(&ctl->remaining, 1);
@@ -432,6 +498,9 @@ static void __attribute__((noreturn)) worker_main(int idx)
             atomic_fetch_add(&s->failed, 1);
             /* omt's text names the OpenSSL error and, for a verification, the verify error */
             record_first("worker %d: %s", (int)getpid(), r.err);
+            int expect = 0;
+            if (atomic_compare_exchange_strong(&s->err_set, &expect, 1))
+                snprintf(s->err, sizeof s->err, "%s", r.err);
         }
     quiescent:
         if (opt.mode == M_SHARED)
@@ -461,9 +530,9 @@ static void __attribute__((noreturn)) client_main(void)
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)listen_port),
                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
     while (!atomic_load(&ctl->stop)) {
-        int fd = socket(AF_INET, SOCK_STREAM, 0), one = 1;
+        int fd = socket(AF_INET, SOCK_STREAM, 0);
         if (fd >= 0)
-            setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+            tune_socket(fd);
         if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof a) != 0) {
             if (fd >= 0)
                 close(fd);
@@ -495,9 +564,14 @@ static pid_t spawn_worker(int idx)
     for (int i = 0; i < 6; i++)
         atomic_store(&s->faults[i], 0);
     fflush(NULL);
+    atomic_store(&s->err_set, 0);
     pid_t pid = fork();
+    if (pid > 0)
+        per[idx].started++;
     if (pid == 0) {
+        die_with_master();
         signal(SIGINT, SIG_IGN); /* the master decides when to stop */
+        signal(SIGHUP, SIG_IGN);
         signal(SIGTERM, SIG_DFL);
         worker_main(idx);
     }
@@ -519,10 +593,14 @@ struct sample {
 
 static struct {
     long reloads, kills, ok, failed;
-    uint64_t shared_peak, priv_peak, faults[6], shared_failed, master_check, check_problems;
+    uint64_t shared_peak, priv_peak, faults[NF], shared_failed, lock_repairs, check_problems;
+    uint64_t shared_end, shared_left, contexts_left;   /* arena at the end, after the last retire */
+    long master_check;          /* ossl_mem_check() in the master at the end, -1 not run */
+    long checked, unchecked;    /* workers that ran ossl_mem_check() at exit / did not (killed) */
     double secs;
     bool watchdog, setup_failed;
-} res;
+} res = {.master_check = -1};
+
 
 static void totals(long *ok, long *failed)
 {
@@ -555,12 +633,26 @@ static const char *human(uint64_t b, char *buf, size_t len)
 static void retire_slot(int idx)
 {
     struct slot *s = &ctl->slot[idx];
-    atomic_fetch_add(&ctl->dead_ok, atomic_exchange(&s->ok, 0));
-    atomic_fetch_add(&ctl->dead_failed, atomic_exchange(&s->failed, 0));
-    for (int i = 0; i < 6; i++)
+    long ok = atomic_exchange(&s->ok, 0), failed = atomic_exchange(&s->failed, 0);
+    atomic_fetch_add(&ctl->dead_ok, ok);
+    atomic_fetch_add(&ctl->dead_failed, failed);
+    per[idx].ok += ok;
+    per[idx].failed += failed;
+    for (int i = 0; i < NF; i++)
         atomic_fetch_add(&ctl->dead_faults[i], atomic_exchange(&s->faults[i], 0));
-    if (atomic_load(&s->peak) > res.priv_peak)
-        res.priv_peak = atomic_load(&s->peak);
+    uint64_t peak = atomic_load(&s->peak);
+    if (peak > per[idx].peak)
+        per[idx].peak = peak;
+    if (peak > res.priv_peak)
+        res.priv_peak = peak;
+    long c = atomic_exchange(&s->check, -1);
+    if (c >= 0) {
+        res.checked++;
+        res.check_problems += (uint64_t)c;
+    }
+    else if (per[idx].started > 0)
+        res.unchecked++; /* killed, or died on its own: it never reached its check */
+    per[idx].check = c;
 }
 
 static int slot_of(pid_t pid)
@@ -572,6 +664,19 @@ static int slot_of(pid_t pid)
 }
 
 static int running; /* workers the master still waits for */
+
+/* "exit status N" or "signal NAME" for a wait status. */
+static const char *status_text(int st)
+{
+    static char buf[64];
+    if (WIFEXITED(st))
+        snprintf(buf, sizeof buf, "exit status %d", WEXITSTATUS(st));
+    else if (WIFSIGNALED(st))
+        snprintf(buf, sizeof buf, "signal %s", strsignal(WTERMSIG(st)));
+    else
+        snprintf(buf, sizeof buf, "wait status %#x", (unsigned)st);
+    return buf;
+}
 
 /* Kills a random running worker at its next safe point and forks its replacement. */
 static void kill_one(unsigned *rnd)
@@ -696,6 +801,123 @@ static void remove_pki(void)
     rmdir(pki_dir);
 }
 
+/*
+ * Safety events that must not happen, summed over every worker and the master: double and
+ * invalid frees, overflows, writes after free, corrupt headers, replaced hooks, an exhausted
+ * arena, a repaired arena lock (workers are only killed at safe points, so nobody should die
+ * holding it), every problem ossl_mem_check() found (including shared chunks pointing into a
+ * process's private memory), and inherited frees outside shared mode (no chunk is shared there).
+ * Inherited frees in shared mode are expected: the workers' exit cleanup frees shared chunks
+ * and ossl_mem refuses those frees.
+ */
+static uint64_t unexpected_events(void)
+{
+    if (opt.mode == M_GLIBC)
+        return 0;
+    uint64_t n = res.shared_failed + res.lock_repairs + res.check_problems;
+    for (int i = 0; i < NF; i++)
+        if (i != F_INHERITED || opt.mode != M_SHARED)
+            n += res.faults[i];
+    return n;
+}
+
+/* Writes <s> as a JSON string (quoted, escaped). */
+static void json_str(FILE *f, const char *s)
+{
+    fputc('"', f);
+    for (; *s; s++) {
+        if (*s == '"' || *s == '\\')
+            fprintf(f, "\\%c", *s);
+        else if ((unsigned char)*s < 32)
+            fprintf(f, "\\u%04x", (unsigned char)*s);
+        else
+            fputc(*s, f);
+    }
+    fputc('"', f);
+}
+
+static const char *verify_name(void)
+{
+    return opt.verify == OMT_VERIFY_MUTUAL ? "mutual"
+           : opt.verify == OMT_VERIFY_SERVER ? "server" : "none";
+}
+
+/* The text report on stdout: aligned "label  text" lines, one table of worker slots. */
+static void print_report(bool pass, const char *why, double rate)
+{
+    char a[32], b[32], c[32];
+    bool na = opt.mode == M_GLIBC;
+    printf("ossl-mem-stress report\n");
+    printf("  config      mode %s, transport %s, %ld workers, %s keys, TLS %s, verify %s, "
+           "seed %ld%s%s\n", mode_name[opt.mode], transport_name[opt.transport], opt.workers,
+           opt.cert ? "own" : opt.key == OMT_KEY_EC ? "P-256" : "RSA-2048",
+           opt.tls == TLS1_3_VERSION ? "1.3" : "1.2", verify_name(), opt.seed,
+           opt.options ? ", options " : "", opt.options ? opt.options : "");
+    printf("  handshakes  %ld ok, %ld failed in %.1f s\n", res.ok, res.failed, res.secs);
+    printf("  rate        %.0f/s total, %.0f/s per worker\n", rate, rate / (double)opt.workers);
+    printf("  events      %ld reloads, %ld workers killed and replaced\n", res.reloads, res.kills);
+    if (na) {
+        printf("  memory      shared n/a; private peak per worker %s in use (glibc mallinfo2)\n",
+               human(res.priv_peak, a, sizeof a));
+    } else {
+        printf("  memory      shared arena peak %s, %s in use at the end, %s after the last "
+               "retire (%" PRIu64 " contexts left)\n", human(res.shared_peak, a, sizeof a),
+               human(res.shared_end, b, sizeof b), human(res.shared_left, c, sizeof c),
+               res.contexts_left);
+        printf("              private peak per worker %s live\n",
+               human(res.priv_peak, a, sizeof a));
+    }
+    printf("  workers     %4s %6s %10s %7s %8s %13s  %s\n", "slot", "forked", "ok", "failed",
+           "rate/s", "private peak", "check at exit");
+    for (long i = 0; i < opt.workers; i++) {
+        char chk[48];
+        if (na)
+            snprintf(chk, sizeof chk, "n/a");
+        else if (per[i].check >= 0)
+            snprintf(chk, sizeof chk, "%ld problems", per[i].check);
+        else
+            snprintf(chk, sizeof chk, "not run (%s)", per[i].started ? "did not exit" : "no worker");
+        printf("              %4ld %6ld %10ld %7ld %8.0f %13s  %s\n", i, per[i].started,
+               per[i].ok, per[i].failed, res.secs > 0 ? per[i].ok / res.secs : 0,
+               human(per[i].peak, a, sizeof a), chk);
+        if (atomic_load(&ctl->slot[i].err_set))
+            printf("              %4s first failure: %s\n", "", ctl->slot[i].err);
+    }
+    if (na) {
+        printf("  safety      n/a (ossl_mem not installed: nothing counts)\n");
+    } else {
+        printf("  safety      unexpected (each must be 0): %" PRIu64 " double frees, %" PRIu64
+               " invalid frees, %" PRIu64 " overflows,\n", res.faults[F_DOUBLE],
+               res.faults[F_INVALID], res.faults[F_OVERFLOW]);
+        printf("              %" PRIu64 " writes after free, %" PRIu64 " corrupt headers, %" PRIu64
+               " replaced hooks, %" PRIu64 " arena exhaustions, %" PRIu64 " arena lock repairs\n",
+               res.faults[F_UAF], res.faults[F_CORRUPT], res.faults[F_HOOKS], res.shared_failed,
+               res.lock_repairs);
+        if (opt.mode == M_SHARED)
+            printf("              allowed: %" PRIu64 " inherited frees (a worker freeing a shared "
+                   "chunk, e.g. in its exit cleanup; refused by ossl_mem)\n",
+                   res.faults[F_INHERITED]);
+        else
+            printf("              unexpected too: %" PRIu64 " inherited frees (no chunk is "
+                   "shared in %s mode)\n", res.faults[F_INHERITED], mode_name[opt.mode]);
+        printf("  check       ossl_mem_check(): workers %" PRIu64 " problems (%ld checked at "
+               "exit, %ld killed or dead before it), master %ld problems\n",
+               res.check_problems - (uint64_t)(res.master_check > 0 ? res.master_check : 0),
+               res.checked, res.unchecked, res.master_check);
+    }
+    printf("  verdict     %s%s%s\n", pass ? "PASS" : "FAIL", pass ? "" : ": ", why);
+}
+
+/* A counter as JSON: null where nobody counts (glibc mode), not 0. */
+static const char *json_num(uint64_t n, char *buf, size_t len)
+{
+    if (opt.mode == M_GLIBC)
+        return "null";
+    snprintf(buf, len, "%" PRIu64, n);
+    return buf;
+}
+
+/* The report as JSON in --json FILE (the text report's figures, and each worker slot's). */
 static void write_json(const char *verdict, double rate)
 {
     FILE *f = fopen(opt.json, "w");
@@ -703,41 +925,67 @@ static void write_json(const char *verdict, double rate)
         fprintf(stderr, "ossl-mem-stress: --json %s: %s\n", opt.json, strerror(errno));
         return;
     }
+    char v[32];
     fprintf(f, "{\n  \"config\": {\"mode\": \"%s\", \"transport\": \"%s\", \"workers\": %ld, "
             "\"key\": \"%s\", \"tls\": \"%s\", \"verify\": \"%s\", \"reload_every\": %ld, "
-            "\"kill_every\": %ld, \"options\": \"%s\", \"seed\": %ld},\n",
+            "\"kill_every\": %ld, \"seed\": %ld, \"options\": ",
             mode_name[opt.mode], transport_name[opt.transport], opt.workers,
-            opt.key == OMT_KEY_EC ? "ec" : "rsa", opt.tls == TLS1_3_VERSION ? "1.3" : "1.2",
-            opt.verify == OMT_VERIFY_MUTUAL ? "mutual"
-            : opt.verify == OMT_VERIFY_SERVER ? "server" : "none",
-            opt.reload_every, opt.kill_every, opt.options ? opt.options : "", opt.seed);
-    fprintf(f, "  \"handshakes_ok\": %ld,\n  \"handshakes_failed\": %ld,\n  \"seconds\": %.3f,\n"
-            "  \"rate_total\": %.1f,\n  \"rate_per_worker\": %.1f,\n", res.ok, res.failed,
-            res.secs, rate, rate / (double)opt.workers);
+            opt.cert ? "files" : opt.key == OMT_KEY_EC ? "ec" : "rsa",
+            opt.tls == TLS1_3_VERSION ? "1.3" : "1.2", verify_name(), opt.reload_every,
+            opt.kill_every, opt.seed);
+    json_str(f, opt.options ? opt.options : "");
+    fprintf(f, "},\n  \"handshakes_ok\": %ld,\n  \"handshakes_failed\": %ld,\n"
+            "  \"seconds\": %.3f,\n  \"rate_total\": %.1f,\n  \"rate_per_worker\": %.1f,\n",
+            res.ok, res.failed, res.secs, rate, rate / (double)opt.workers);
     fprintf(f, "  \"reloads\": %ld,\n  \"kills\": %ld,\n", res.reloads, res.kills);
-    fprintf(f, "  \"memory\": {\"shared_peak\": %" PRIu64 ", \"private_peak_per_worker\": %" PRIu64
-            "},\n", res.shared_peak, res.priv_peak);
-    static const char *const fname[6] = {"double_frees", "invalid_frees", "inherited_frees",
-                                         "overflows", "uaf_writes", "corrupt_headers"};
-    /* without ossl_mem (glibc mode) nobody counts: null, not 0 */
-    bool na = opt.mode == M_GLIBC;
-    char v[32];
+    fprintf(f, "  \"memory\": {\"shared_peak\": %s, ", json_num(res.shared_peak, v, sizeof v));
+    fprintf(f, "\"shared_end\": %s, ", json_num(res.shared_end, v, sizeof v));
+    fprintf(f, "\"shared_after_last_retire\": %s, ", json_num(res.shared_left, v, sizeof v));
+    fprintf(f, "\"contexts_left\": %s, ", json_num(res.contexts_left, v, sizeof v));
+    fprintf(f, "\"private_peak_per_worker\": %" PRIu64 "},\n", res.priv_peak);
     fprintf(f, "  \"safety\": {");
-    for (int i = 0; i < 6; i++) {
-        snprintf(v, sizeof v, "%" PRIu64, res.faults[i]);
-        fprintf(f, "\"%s\": %s, ", fname[i], na ? "null" : v);
+    for (int i = 0; i < NF; i++)
+        fprintf(f, "\"%s\": %s, ", fault_json[i], json_num(res.faults[i], v, sizeof v));
+    fprintf(f, "\"shared_failed\": %s, ", json_num(res.shared_failed, v, sizeof v));
+    fprintf(f, "\"lock_repairs\": %s, ", json_num(res.lock_repairs, v, sizeof v));
+    fprintf(f, "\"check_problems\": %s, ", json_num(res.check_problems, v, sizeof v));
+    fprintf(f, "\"inherited_frees_expected\": %s, ", opt.mode == M_SHARED ? "true" : "false");
+    fprintf(f, "\"unexpected\": %s},\n", json_num(unexpected_events(), v, sizeof v));
+    fprintf(f, "  \"check\": {\"master\": %s, \"workers_checked\": %ld, "
+            "\"workers_unchecked\": %ld},\n", opt.mode == M_GLIBC || res.master_check < 0 ? "null"
+            : json_num((uint64_t)res.master_check, v, sizeof v), res.checked, res.unchecked);
+    fprintf(f, "  \"workers\": [");
+    for (long i = 0; i < opt.workers; i++) {
+        fprintf(f, "%s\n    {\"slot\": %ld, \"forked\": %ld, \"ok\": %ld, \"failed\": %ld, "
+                "\"private_peak\": %" PRIu64 ", \"check\": %s, \"first_failure\": ", i ? "," : "",
+                i, per[i].started, per[i].ok, per[i].failed, per[i].peak,
+                opt.mode == M_GLIBC || per[i].check < 0 ? "null"
+                : json_num((uint64_t)per[i].check, v, sizeof v));
+        json_str(f, atomic_load(&ctl->slot[i].err_set) ? ctl->slot[i].err : "");
+        fprintf(f, "}");
     }
-    snprintf(v, sizeof v, "%" PRIu64, res.shared_failed);
-    fprintf(f, "\"shared_failed\": %s, ", na ? "null" : v);
-    snprintf(v, sizeof v, "%" PRIu64, res.check_problems);
-    fprintf(f, "\"check_problems\": %s},\n", na ? "null" : v);
-    fprintf(f, "  \"first_failure\": \"");
-    for (const char *p = atomic_load(&ctl->first_set) ? ctl->first : ""; *p; p++)
-        fprintf(f, (*p == '"' || *p == '\\') ? "\\%c" : ((unsigned char)*p < 32 ? "?" : "%c"), *p);
-    fprintf(f, "\",\n  \"verdict\": \"%s\"\n}\n", verdict);
+    fprintf(f, "\n  ],\n  \"first_failure\": ");
+    json_str(f, atomic_load(&ctl->first_set) ? ctl->first : "");
+    fprintf(f, ",\n  \"verdict\": \"%s\"\n}\n", verdict);
     fclose(f);
 }
 
+/* Writes <s> to <g> as a gnuplot single-quoted string. */
+static void gp_quote(FILE *g, const char *s)
+{
+    fputc('\'', g);
+    for (; *s; s++) { /* in gnuplot's single-quoted strings a quote is written twice */
+        if (*s == '\'')
+            fputc('\'', g);
+        fputc(*s, g);
+    }
+    fputc('\'', g);
+}
+
+/*
+ * Draws the timeline with gnuplot (fed on a pipe: no shell sees the file names) into --plot
+ * FILE: handshakes/s on the left axis, shared and total private MiB on the right one.
+ */
 static void plot(struct sample *tl, long n)
 {
     if (system("command -v gnuplot >/dev/null 2>&1") != 0) {
@@ -748,8 +996,10 @@ static void plot(struct sample *tl, long n)
     char data[] = "/tmp/ossl-mem-stress-plot.XXXXXX";
     int fd = mkstemp(data);
     FILE *f = fd >= 0 ? fdopen(fd, "w") : NULL;
-    if (!f)
+    if (!f) {
+        fprintf(stderr, "ossl-mem-stress: --plot: %s; no plot written\n", strerror(errno));
         return;
+    }
     for (long i = 1; i < n; i++) {
         uint64_t priv = 0;
         for (long w = 0; w < opt.workers; w++)
@@ -759,23 +1009,78 @@ static void plot(struct sample *tl, long n)
                 priv / 1048576.0);
     }
     fclose(f);
-    char cmd[1024];
-    snprintf(cmd, sizeof cmd,
-             "gnuplot -e \"set terminal svg size 900,500; set output '%s'; "
-             "set title 'ossl-mem-stress: %s mode, %ld workers'; set xlabel 'seconds'; "
-             "set ylabel 'handshakes/s'; set y2label 'MiB'; set y2tics; set ytics nomirror; "
-             "set key top left; plot '%s' using 1:2 with lines title 'handshakes/s', "
-             "'' using 1:3 axes x1y2 with lines title 'shared MiB', "
-             "'' using 1:4 axes x1y2 with lines title 'private MiB (all workers)'\"",
-             opt.plot, mode_name[opt.mode], opt.workers, data);
-    if (system(cmd) != 0)
+    fflush(NULL);
+    FILE *g = popen("gnuplot", "w");
+    int rc = -1;
+    if (g) {
+        fprintf(g, "set terminal svg size 900,500\nset output ");
+        gp_quote(g, opt.plot);
+        fprintf(g, "\nset title 'ossl-mem-stress: %s mode, %s transport, %ld workers'\n"
+                "set xlabel 'seconds'\nset ylabel 'handshakes/s'\nset y2label 'MiB'\n"
+                "set y2tics\nset ytics nomirror\nset key top left\nset yrange [0:*]\n"
+                "set y2range [0:*]\nplot ", mode_name[opt.mode], transport_name[opt.transport],
+                opt.workers);
+        gp_quote(g, data);
+        fprintf(g, " using 1:2 with lines title 'handshakes/s', '' using 1:3 axes x1y2 with "
+                "lines title 'shared MiB', '' using 1:4 axes x1y2 with lines title 'private MiB "
+                "(all workers)'\n");
+        rc = pclose(g);
+    }
+    if (rc != 0)
         fprintf(stderr, "ossl-mem-stress: gnuplot failed; no plot written\n");
     unlink(data);
+}
+
+/* One line on stderr about input files that cannot be used, and exit status 2. */
+static void __attribute__((noreturn, format(printf, 1, 2))) input_error(const char *fmt, ...)
+{
+    va_list ap;
+    fprintf(stderr, "ossl-mem-stress: ");
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "\n");
+    remove_pki();
+    exit(2);
+}
+
+/*
+ * The user's files (--cert ...), before anything is forked: each pair must load and make a
+ * context (a key that does not match its certificate, a CA file without a certificate), and a
+ * server certificate that also serves as the client's (mutual, no --client-cert) must permit
+ * client authentication (extended key usage clientAuth, or none). In the master's private
+ * memory; runs after ossl_mem_init(), which must come before any OpenSSL call.
+ */
+static void check_files(void)
+{
+    char e[256];
+    struct omt_pki p = {0};
+    struct omt_opts o = {opt.tls, opt.verify};
+    SSL_CTX *ctx = NULL;
+    if (omt_pki_load(&p, srv_cert_f, srv_key_f, ca_f) != 0 || !(ctx = omt_server_ctx(&p, &o)))
+        input_error("--cert %s --key-file %s --ca %s: unusable: %s", srv_cert_f, srv_key_f, ca_f,
+                    openssl_error(e, sizeof e));
+    SSL_CTX_free(ctx);
+    omt_pki_free(&p);
+    if (opt.verify != OMT_VERIFY_MUTUAL)
+        return;
+    if (omt_pki_load(&p, cli_cert_f, cli_key_f, ca_f) != 0 || !(ctx = omt_client_ctx(&p, &o)))
+        input_error("--client-cert %s --client-key %s: unusable: %s", cli_cert_f, cli_key_f,
+                    openssl_error(e, sizeof e));
+    SSL_CTX_free(ctx);
+    int purpose = X509_check_purpose(p.cli_cert, X509_PURPOSE_SSL_CLIENT, 0);
+    omt_pki_free(&p);
+    if (purpose != 1 && !opt.client_cert)
+        input_error("--cert %s cannot be the client's certificate too (its key usage does not "
+                    "permit TLS client authentication): give --client-cert and --client-key",
+                    srv_cert_f);
+    ERR_clear_error();
 }
 
 int main(int argc, char **argv)
 {
     parse_args(argc, argv);
+    master_pid = getpid();
     if (opt.cert) {
         srv_cert_f = opt.cert, srv_key_f = opt.key_file, ca_f = opt.ca;
         cli_cert_f = opt.client_cert ? opt.client_cert : opt.cert;
@@ -804,6 +1109,8 @@ int main(int argc, char **argv)
         return 1;
     }
     atomic_store(&ctl->remaining, opt.handshakes);
+    if (opt.cert)
+        check_files();
     if (!opt.cert && make_pki() != 0) {
         char e[256];
         fprintf(stderr, "ossl-mem-stress: cannot make the certificates: %s\n",
@@ -827,12 +1134,13 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     signal(SIGINT, on_stop);    /* the workers finish their handshake and leave */
     signal(SIGTERM, on_stop);
+    signal(SIGHUP, on_stop);
 
     double t0 = now();
     running = 0;
     for (long i = 0; i < opt.workers; i++) {
         if (spawn_worker((int)i) < 0) {
-            perror("ossl-mem-stress: fork");
+            record_first("fork of a worker: %s", strerror(errno));
             atomic_store(&ctl->stop, 1);
             res.setup_failed = true;
             break;
@@ -843,9 +1151,16 @@ int main(int argc, char **argv)
         for (long i = 0; i < opt.workers && !res.setup_failed; i++) {
             fflush(NULL);
             if ((clients[i] = fork()) == 0) {
+                die_with_master();
                 signal(SIGINT, SIG_IGN);
+                signal(SIGHUP, SIG_IGN);
                 signal(SIGTERM, SIG_DFL);
                 client_main();
+            }
+            if (clients[i] < 0) {
+                record_first("fork of a client process: %s", strerror(errno));
+                atomic_store(&ctl->stop, 1);
+                clients[i] = 0;
             }
         }
 
@@ -863,13 +1178,21 @@ int main(int argc, char **argv)
         int st;
         pid_t pid;
         while ((pid = waitpid(-1, &st, WNOHANG)) > 0) {
-            int idx = slot_of(pid);
-            if (idx < 0)
-                continue; /* a client */
+            /* clients, forked after the shared context was registered, are possible users */
             if (opt.mode != M_GLIBC)
                 ossl_mem_worker_exited(pid);
+            int idx = slot_of(pid);
+            if (idx < 0) { /* a client: it leaves only when told to */
+                for (long i = 0; i < opt.workers; i++)
+                    if (clients[i] == pid)
+                        clients[i] = 0;
+                if (!atomic_load(&ctl->stop))
+                    record_first("client process %d ended by itself (%s)", (int)pid,
+                                 status_text(st));
+                continue;
+            }
             if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
-                record_first("worker %d ended with status %d", (int)pid, st);
+                record_first("worker %d ended with %s", (int)pid, status_text(st));
             atomic_store(&ctl->slot[idx].pid, 0);
             running--;
         }
@@ -889,7 +1212,8 @@ int main(int argc, char **argv)
                     kill(atomic_load(&ctl->slot[i].pid), SIGKILL);
         }
         if (stop_signal && !atomic_load(&ctl->stop)) {
-            record_first("interrupted by signal %d", (int)stop_signal);
+            record_first("interrupted by signal %d (%s)", (int)stop_signal,
+                         strsignal(stop_signal));
             atomic_store(&ctl->stop, 1);
         }
         /* the end of the run is bounded too: 15 s after the stop, what is left is killed */
@@ -935,32 +1259,37 @@ int main(int argc, char **argv)
     atomic_store(&ctl->stop, 1);
     for (long i = 0; i < opt.workers && opt.transport == T_SOCKET; i++)
         if (clients[i] > 0) {
-            kill(clients[i], SIGTERM);
+            kill(clients[i], SIGKILL); /* a client holds nothing shared: no safe point needed */
             waitpid(clients[i], NULL, 0);
+            if (opt.mode != M_GLIBC)
+                ossl_mem_worker_exited(clients[i]);
+            clients[i] = 0;
         }
-    for (long i = 0; i < opt.workers; i++) {
+    for (long i = 0; i < opt.workers; i++)
         retire_slot((int)i);
-        if (atomic_load(&ctl->slot[i].check) > 0)
-            res.check_problems += (uint64_t)atomic_load(&ctl->slot[i].check);
-    }
     totals(&res.ok, &res.failed);
-    for (int i = 0; i < 6; i++)
+    for (int i = 0; i < NF; i++)
         res.faults[i] = atomic_load(&ctl->dead_faults[i]);
+    if (opt.mode != M_GLIBC)
+        res.shared_end = shared_used();
     if (opt.mode == M_SHARED && cur) {
-        ossl_mem_retire_ssl_ctx(cur);
+        ossl_mem_retire_ssl_ctx(cur); /* every other process is gone: destroyed now */
         ossl_mem_reclaim();
     }
     if (opt.mode != M_GLIBC) {
         struct ossl_mem_stats st;
-        long c = ossl_mem_check();
-        if (c > 0)
-            res.check_problems += (uint64_t)c;
+        res.master_check = ossl_mem_check();
+        if (res.master_check > 0)
+            res.check_problems += (uint64_t)res.master_check;
         if (ossl_mem_get_stats(&st) == 0) {
-            uint64_t f[6] = {st.double_frees, st.invalid_frees, st.inherited_frees,
-                             st.overflows, st.uaf_writes, st.corrupt_headers};
-            for (int i = 0; i < 6; i++)
+            uint64_t f[NF] = {st.double_frees, st.invalid_frees, st.inherited_frees,
+                              st.overflows, st.uaf_writes, st.corrupt_headers, st.hooks_replaced};
+            for (int i = 0; i < NF; i++)
                 res.faults[i] += f[i];
             res.shared_failed = st.shared_failed;
+            res.lock_repairs = st.shared_lock_repairs;
+            res.shared_left = st.shared_used;
+            res.contexts_left = st.shared_contexts;
             if (st.shared_peak > res.shared_peak)
                 res.shared_peak = st.shared_peak;
         }
@@ -969,8 +1298,7 @@ int main(int argc, char **argv)
     progress(res.secs, res.ok, res.failed, rate, tty, true);
 
     /* the verdict: every handshake verified, nothing unexpected */
-    uint64_t unexpected = res.faults[0] + res.faults[1] + res.faults[3] + res.faults[4] +
-                          res.faults[5] + res.shared_failed + res.check_problems;
+    uint64_t unexpected = unexpected_events();
     char why[640] = "";
     if (res.failed)
         snprintf(why, sizeof why, "%ld handshakes failed; first failure: %s", res.failed,
@@ -978,39 +1306,12 @@ int main(int argc, char **argv)
     else if (atomic_load(&ctl->first_set))
         snprintf(why, sizeof why, "%s", ctl->first);
     else if (unexpected)
-        snprintf(why, sizeof why, "%" PRIu64 " unexpected safety events", unexpected);
+        snprintf(why, sizeof why, "%" PRIu64 " unexpected safety events (see the safety and "
+                 "check lines)", unexpected);
     else if (res.ok == 0)
         snprintf(why, sizeof why, "no handshake was done");
     bool pass = why[0] == 0;
-
-    char a[32], b[32];
-    printf("ossl-mem-stress report\n");
-    printf("  config      mode %s, transport %s, %ld workers, %s keys, TLS %s, verify %s%s%s\n",
-           mode_name[opt.mode], transport_name[opt.transport], opt.workers,
-           opt.key == OMT_KEY_EC ? "P-256" : "RSA-2048", opt.tls == TLS1_3_VERSION ? "1.3" : "1.2",
-           opt.verify == OMT_VERIFY_MUTUAL ? "mutual" : opt.verify == OMT_VERIFY_SERVER ? "server"
-                                                                                       : "none",
-           opt.options ? ", options " : "", opt.options ? opt.options : "");
-    printf("  handshakes  %ld ok, %ld failed in %.1f s\n", res.ok, res.failed, res.secs);
-    printf("  rate        %.0f/s total, %.0f/s per worker\n", rate, rate / (double)opt.workers);
-    printf("  events      %ld reloads, %ld workers killed and replaced\n", res.reloads, res.kills);
-    if (opt.mode == M_GLIBC) {
-        printf("  memory      private peak per worker %s in use (glibc mallinfo2); shared n/a\n",
-               human(res.priv_peak, a, sizeof a));
-        printf("  safety      n/a (ossl_mem not installed)\n");
-    } else {
-        printf("  memory      shared arena peak %s; private peak per worker %s live\n",
-               human(res.shared_peak, a, sizeof a), human(res.priv_peak, b, sizeof b));
-        printf("  safety      %" PRIu64 " double frees, %" PRIu64 " invalid frees, %" PRIu64
-               " overflows, %" PRIu64 " writes after free, %" PRIu64 " corrupt headers, %" PRIu64
-               " arena exhaustions\n", res.faults[0], res.faults[1], res.faults[3], res.faults[4],
-               res.faults[5], res.shared_failed);
-        printf("              %" PRIu64 " inherited frees (expected: frees of shared chunks by "
-               "workers, refused)\n", res.faults[2]);
-        printf("  check       ossl_mem_check(): %" PRIu64 " problems (every worker at its exit, "
-               "and the master)\n", res.check_problems);
-    }
-    printf("  verdict     %s%s%s\n", pass ? "PASS" : "FAIL", pass ? "" : ": ", why);
+    print_report(pass, why, rate);
     fflush(stdout);
 
     if (tlf) {
