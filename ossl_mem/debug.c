@@ -302,23 +302,14 @@ static void finish(void *p, size_t n, size_t want, size_t from)
  */
 static inline bool live_chunk(const void *p, struct om_live *c)
 {
-    uintptr_t a = (uintptr_t)p;
-    if (OM_LIKELY((a & 15) == 0 &&
-                  a - (uintptr_t)om_g.region - OM_SLOT_SIZE <
-                      atomic_load_explicit(&om_g.region_used, memory_order_relaxed) -
-                          OM_SLOT_SIZE)) {
-        struct om_chunk *h = om_hdr(p);
-        uint64_t w0, w1;
-        om_hdr_load(h, &w0, &w1);
-        if (OM_LIKELY((uint8_t)(w1 >> 32) == OM_ST_LIVE &&
-                      (uint16_t)(w1 >> 48) == (om_check_base(h, w0, w1) ^ om_g.k_live) &&
-                      h->cls < OM_NCLS)) {
-            c->h = h;
-            c->size = (uint32_t)w0;
-            c->cap = om_cls[h->cls].size;
-            c->shared = false;
-            return true;
-        }
+    uint64_t w0, w1;
+    struct om_chunk *h = om_live_small_hdr(p, &w0, &w1);
+    if (OM_LIKELY(h && h->cls < OM_NCLS)) {
+        c->h = h;
+        c->size = (uint32_t)w0;
+        c->cap = om_cls[h->cls].size;
+        c->shared = false;
+        return true;
     }
     return om_chunk_live(p, c);
 }
@@ -422,28 +413,20 @@ void om_dbg_free(void *p, const char *file, int line)
         file = NULL, line = 0;
     /* fast path: a live private small chunk, as in om_free_cb() */
     struct om_tc *tc = om_tls_tc;
-    uintptr_t a = (uintptr_t)p;
-    if (OM_LIKELY((uintptr_t)tc > (uintptr_t)OM_TC_DEAD && !tc->orphan && (a & 15) == 0 &&
-                  a - (uintptr_t)om_g.region - OM_SLOT_SIZE <
-                      atomic_load_explicit(&om_g.region_used, memory_order_relaxed) -
-                          OM_SLOT_SIZE)) {
-        struct om_chunk *h = om_hdr(p);
-        uint64_t w0, w1;
-        om_hdr_load(h, &w0, &w1);
-        unsigned cls = (uint8_t)(w1 >> 16);
-        if (OM_LIKELY((uint8_t)(w1 >> 32) == OM_ST_LIVE &&
-                      (uint16_t)(w1 >> 48) == (om_check_base(h, w0, w1) ^ om_g.k_live) &&
-                      cls < OM_NCLS)) {
-            tick();
-            if (om_g.opt.canary && !canary_ok(p, (uint32_t)w0, om_cls[cls].size))
-                overflow(h, p, file, line, "the canary after its requested size was "
-                                           "overwritten; found at free");
-            uncharge((uint32_t)w0, h->tag);
-            om_op_begin(tc);
-            om_free_small(tc, h, cls, (uint32_t)w0, om_site_id(file, line));
-            om_op_end(tc);
-            return;
-        }
+    uint64_t w0, w1;
+    struct om_chunk *h;
+    unsigned cls;
+    if (OM_LIKELY((uintptr_t)tc > (uintptr_t)OM_TC_DEAD && !tc->orphan &&
+                  (h = om_live_small_hdr(p, &w0, &w1)) && (cls = (uint8_t)(w1 >> 16)) < OM_NCLS)) {
+        tick();
+        if (om_g.opt.canary && !canary_ok(p, (uint32_t)w0, om_cls[cls].size))
+            overflow(h, p, file, line, "the canary after its requested size was "
+                                       "overwritten; found at free");
+        uncharge((uint32_t)w0, h->tag);
+        om_op_begin(tc);
+        om_free_small(tc, h, cls, (uint32_t)w0, om_site_id(file, line));
+        om_op_end(tc);
+        return;
     }
     tick();
     struct om_live c;

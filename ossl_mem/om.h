@@ -452,6 +452,31 @@ static inline void om_hdr_seal(struct om_chunk *h)
 static inline void *om_user(struct om_chunk *h) { return h + 1; }
 static inline struct om_chunk *om_hdr(const void *p) { return (struct om_chunk *)p - 1; }
 
+/*
+ * The free fast path's test, shared by router.c and debug.c: <p> is 16-aligned,
+ * lies in the private region's committed segments (the first segment is
+ * committed at init, so any pointer in [region + one slot, region + used)
+ * has a committed header), and its header is live with a free site of 0
+ * and passes its keyed check, which covers the header's address. Returns
+ * the header with its two words in *w0, *w1, or NULL (then the slow path
+ * classifies the pointer).
+ */
+static inline struct om_chunk *om_live_small_hdr(const void *p, uint64_t *w0, uint64_t *w1)
+{
+    uintptr_t a = (uintptr_t)p;
+    if (OM_UNLIKELY((a & 15) != 0 ||
+                    a - (uintptr_t)om_g.region - OM_SLOT_SIZE >=
+                        atomic_load_explicit(&om_g.region_used, memory_order_relaxed) -
+                            OM_SLOT_SIZE))
+        return NULL;
+    struct om_chunk *h = om_hdr(p);
+    om_hdr_load(h, w0, w1);
+    if (OM_UNLIKELY((uint8_t)(*w1 >> 32) != OM_ST_LIVE ||
+                    (uint16_t)(*w1 >> 48) != (om_check_base(h, *w0, *w1) ^ om_g.k_live)))
+        return NULL;
+    return h;
+}
+
 /* Class of the run that holds chunk <h> (a chunk of the private region). */
 static inline unsigned om_run_class(const struct om_chunk *h)
 {

@@ -271,20 +271,10 @@ void om_free_cb(void *p, const char *file, int line)
     if (!p)
         return;
     struct om_tc *tc = om_tls_tc;
-    uintptr_t a = (uintptr_t)p;
-    /* the first segment is committed at init, so used >= OM_SEG_SIZE and the header of
-       any pointer in [region + one slot, region + used) is committed memory */
-    if (OM_UNLIKELY((uintptr_t)tc <= (uintptr_t)OM_TC_DEAD || (a & 15) != 0 ||
-                    a - (uintptr_t)om_g.region - OM_SLOT_SIZE >=
-                        atomic_load_explicit(&om_g.region_used, memory_order_relaxed) -
-                            OM_SLOT_SIZE))
-        return free_slow(p, file, line);
-    struct om_chunk *h = om_hdr(p);
     uint64_t w0, w1;
-    om_hdr_load(h, &w0, &w1);
-    /* a live header has free site 0: its check is the base hash XOR k_live */
-    if (OM_UNLIKELY((uint8_t)(w1 >> 32) != OM_ST_LIVE ||
-                    (uint16_t)(w1 >> 48) != (om_check_base(h, w0, w1) ^ om_g.k_live)))
+    struct om_chunk *h;
+    if (OM_UNLIKELY((uintptr_t)tc <= (uintptr_t)OM_TC_DEAD) ||
+        OM_UNLIKELY(!(h = om_live_small_hdr(p, &w0, &w1))))
         return free_slow(p, file, line);
     unsigned cls = (uint8_t)(w1 >> 16);
     uint32_t size = (uint32_t)w0;
