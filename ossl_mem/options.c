@@ -1,4 +1,5 @@
 /* options.c - the one table of options: parsing of "word,word=value" strings and the help text. */
+#include <ctype.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -110,18 +111,33 @@ void ossl_mem_options_help(FILE *out)
     }
 }
 
-/* Parses a size with an optional K/M/G suffix. Returns 0 or -1. */
-static int parse_size(const char *v, size_t len, size_t *out)
+/*
+ * Reads the number at the start of value <v> (<len> bytes, which must start
+ * with a digit): decimal, or 0x hexadecimal when <hex_ok>. The value is
+ * copied into <buf> to be NUL-terminated; *rest points at what follows the
+ * number there. Returns 0 or -1.
+ */
+static int lead_number(const char *v, size_t len, bool hex_ok, char buf[32],
+                       unsigned long long *n, char **rest)
 {
     if (len == 0 || len > 30 || *v < '0' || *v > '9')
         return -1;
-    char buf[32];
     memcpy(buf, v, len);
     buf[len] = 0;
-    char *end;
+    bool hex = hex_ok && len > 2 && buf[0] == '0' && (buf[1] == 'x' || buf[1] == 'X');
+    if (hex && !isxdigit((unsigned char)buf[2]))
+        return -1;
     errno = 0;
-    unsigned long long n = strtoull(buf, &end, 10);
-    if (errno)
+    *n = strtoull(hex ? buf + 2 : buf, rest, hex ? 16 : 10);
+    return errno ? -1 : 0;
+}
+
+/* Parses a size with an optional K/M/G suffix (and B). Returns 0 or -1. */
+static int parse_size(const char *v, size_t len, size_t *out)
+{
+    char buf[32], *end;
+    unsigned long long n;
+    if (lead_number(v, len, false, buf, &n, &end) != 0)
         return -1;
     unsigned shift = 0;
     switch (*end) {
@@ -140,16 +156,9 @@ static int parse_size(const char *v, size_t len, size_t *out)
 /* Parses a plain number, decimal or 0x hexadecimal, without suffix. Returns 0 or -1. */
 static int parse_number(const char *v, size_t len, size_t *out)
 {
-    if (len == 0 || len > 30 || *v < '0' || *v > '9')
-        return -1;
-    char buf[32];
-    memcpy(buf, v, len);
-    buf[len] = 0;
-    char *end;
-    errno = 0;
-    bool hex = len > 2 && buf[0] == '0' && (buf[1] == 'x' || buf[1] == 'X');
-    unsigned long long n = strtoull(hex ? buf + 2 : buf, &end, hex ? 16 : 10);
-    if (errno || *end || (hex && (buf[2] < '0' || buf[2] == '-')))
+    char buf[32], *end;
+    unsigned long long n;
+    if (lead_number(v, len, true, buf, &n, &end) != 0 || *end)
         return -1;
     *out = (size_t)n;
     return 0;
@@ -249,7 +258,7 @@ int om_opts_parse(struct om_opts *o, const char *s, const char *origin, char *er
             bad = parse_number(v, vlen, (size_t *)field);
             break;
         case K_FAIL: {
-            size_t n;
+            size_t n = 0;
             o->fail_set = true;
             if (vlen > 2 && memcmp(v, "1/", 2) == 0) {
                 bad = parse_number(v + 2, vlen - 2, &n) || n == 0;
