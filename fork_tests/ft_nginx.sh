@@ -30,18 +30,7 @@ trap cleanup EXIT
 pass=0 fail=0
 check() { if [ "$1" = 0 ]; then echo "ok: $2"; pass=$((pass + 1)); else echo "FAIL: $2"; fail=$((fail + 1)); fi; }
 
-mkpki() { # name cn [ca]
-    openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$dir/$1.key" \
-        -out "$dir/$1.csr" -subj "/CN=$2" 2>/dev/null || return 1
-    if [ -z "${3:-}" ]; then
-        openssl x509 -req -in "$dir/$1.csr" -signkey "$dir/$1.key" -days 1 -out "$dir/$1.pem" \
-            -extfile <(printf 'basicConstraints=critical,CA:TRUE\nkeyUsage=keyCertSign\n') 2>/dev/null
-    else
-        openssl x509 -req -in "$dir/$1.csr" -CA "$dir/$3.pem" -CAkey "$dir/$3.key" -CAcreateserial \
-            -days 1 -out "$dir/$1.pem" \
-            -extfile <(printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n') 2>/dev/null
-    fi
-}
+. "${top_srcdir:-.}/fork_tests/ft_pki.sh" # mkpki
 mkpki ca test-ca && mkpki server localhost ca && mkpki client test-client ca
 check $? "test PKI made with the openssl command"
 chmod 644 "$dir"/*.key

@@ -115,19 +115,8 @@ check $? "shared, RSA-2048, TLS 1.2, 3 workers: 600 verified handshakes"
 
 # the user's own certificate files (made with the openssl command)
 if command -v openssl >/dev/null; then
-    mk() { # name cn [ca]
-        openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$dir/$1.key" \
-            -out "$dir/$1.csr" -subj "/CN=$2" 2>/dev/null || return 1
-        if [ -z "${3:-}" ]; then
-            openssl x509 -req -in "$dir/$1.csr" -signkey "$dir/$1.key" -days 1 -out "$dir/$1.pem" \
-                -extfile <(printf 'basicConstraints=critical,CA:TRUE\nkeyUsage=keyCertSign\n') 2>/dev/null
-        else
-            openssl x509 -req -in "$dir/$1.csr" -CA "$dir/$3.pem" -CAkey "$dir/$3.key" \
-                -CAcreateserial -days 1 -out "$dir/$1.pem" \
-                -extfile <(printf 'subjectAltName=DNS:localhost\n') 2>/dev/null
-        fi
-    }
-    mk ca test-ca && mk srv localhost ca && mk cli test-client ca
+    . "${top_srcdir:-.}/fork_tests/ft_pki.sh" # mkpki
+    mkpki ca test-ca && mkpki srv localhost ca && mkpki cli test-client ca
     timeout 120 "$tool" --workers 2 --handshakes 200 --cert "$dir/srv.pem" --key-file "$dir/srv.key" \
         --ca "$dir/ca.pem" --client-cert "$dir/cli.pem" --client-key "$dir/cli.key" \
         --json "$dir/files.json" >"$dir/out" 2>&1
