@@ -49,7 +49,7 @@ static void check_small(struct om_chunk *h, size_t usable, void *arg)
         }
         return;
     }
-    if (state != OM_ST_FREED && state != OM_ST_QUAR) {
+    if (state != OM_ST_FREED) {
         problem(w, OM_F_CORRUPT, h, "unknown state");
         return;
     }

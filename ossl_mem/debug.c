@@ -114,8 +114,9 @@ static inline bool all_words(const void *user, size_t usable, uint64_t pat)
 
 /*
  * Whether the usable area of a freed chunk holds what free left there: the
- * fill pattern (fill) or zeros (zero). The first word may hold a free-list
- * link, or 0 once the chunk left the central list.
+ * fill pattern (fill) or zeros (zero). The first word may hold the link of
+ * the central store's overflow list (used only when its stack could not
+ * grow), or 0 once the chunk left that list.
  */
 bool om_freed_intact(const struct om_chunk *h, size_t usable)
 {

@@ -182,6 +182,7 @@ int ossl_mem_init(const struct ossl_mem_config *cfg)
     int rc = load_options(cfg);
     if (rc)
         goto fail;
+    om_g.wipe_whole = om_g.opt.fill || om_g.opt.canary;
 
     /* Someone else's allocator, or OpenSSL already allocating: refuse before mapping anything. */
     CRYPTO_malloc_fn m;
@@ -203,9 +204,7 @@ int ossl_mem_init(const struct ossl_mem_config *cfg)
     om_g.site_key = ((om_g.cookie >> 17 | om_g.cookie << 47) * 0x94D049BB133111EBull) | 1;
     uint16_t live = om_mix16(OM_ST_LIVE, om_g.state_key), nosite = om_mix16(0, om_g.site_key);
     om_g.k_live = live ^ nosite;
-    om_g.k_free_quar = live ^ om_mix16(OM_ST_QUAR, om_g.state_key) ^ nosite;
     om_g.k_free_freed = live ^ om_mix16(OM_ST_FREED, om_g.state_key) ^ nosite;
-    om_g.k_quar_freed = om_mix16(OM_ST_QUAR, om_g.state_key) ^ om_mix16(OM_ST_FREED, om_g.state_key);
     om_g.owner = 1;
     om_g.proc_id = 1;
     om_g.proc_slot = -1;

@@ -66,10 +66,14 @@ _Static_assert(sizeof(struct om_chunk) == 16, "chunk header must be 16 bytes");
 #define OM_HDR          ((size_t)sizeof(struct om_chunk))
 #define OM_ALIGN        16
 
-/* Chunk states: distinctive byte values, never 0 (0 = never handed out). */
+/*
+ * Chunk states: distinctive byte values, never 0 (0 = never handed out).
+ * A chunk is freed from the moment it is released, whether it is still in
+ * the quarantine or already in a cache: leaving the quarantine does not
+ * touch the chunk (the ring says which chunks are in it).
+ */
 #define OM_ST_LIVE      0xA5
 #define OM_ST_FREED     0xF4
-#define OM_ST_QUAR      0xC3
 
 #define OM_CLS_LARGE    0xFE
 
@@ -110,11 +114,21 @@ struct om_class {
     uint64_t recip;     /* ceil(2^40 / stride): exact division for offsets in a run */
 };
 
-/* Central free store of one size class, shared by the process's threads. */
+/*
+ * Central free store of one size class, shared by the process's threads.
+ * Free chunks are kept by address in <stack>, so that moving them between
+ * a thread cache and this store never touches the chunks themselves: a
+ * chunk that left the quarantine is cold, and linking it through its own
+ * memory cost one cache miss to put it here and another to take it back.
+ * <list>, linked through the chunks' first user word, takes the chunks the
+ * stack cannot hold when it cannot grow (the system refused memory).
+ */
 struct om_central {
     pthread_mutex_t lock;   /* protects everything below */
-    struct om_chunk *free;  /* free chunks, linked through their first user word */
-    uint32_t nfree;         /* length of <free> */
+    struct om_chunk **stack; /* free chunks, most recently put last (mapped, grows by doubling) */
+    uint32_t n;             /* entries in <stack> */
+    uint32_t cap;           /* capacity of <stack> */
+    struct om_chunk *list;  /* overflow free chunks, linked through their first user word */
     char *bump;             /* next uncarved chunk of the current run */
     char *bump_end;         /* end of the current run */
 } __attribute__((aligned(64)));
@@ -230,13 +244,12 @@ struct om_global {
     uint64_t state_key;             /* odd key mixing the state into the check */
     uint64_t site_key;              /* odd key mixing the free site into the check */
     uint16_t k_live;                /* state and free-site part of a live header's check */
-    uint16_t k_free_quar;           /* check change of a free: live -> quarantined, no free site */
     uint16_t k_free_freed;          /* check change of a free: live -> freed, no free site */
-    uint16_t k_quar_freed;          /* check change of leaving the quarantine */
     uint16_t owner;                 /* generation of this process's private chunks (new at each fork, both sides) */
     uint16_t proc_id;               /* this process's identity: owner of its shared chunks */
     int proc_slot;                  /* its slot in the arena's process table (-1: none) */
     bool forked;                    /* this process forked, or was forked, since init */
+    bool wipe_whole;                /* fill or canary: free scrubs the whole usable size, not the requested bytes */
     pid_t my_pid;                   /* getpid(), kept current by the fork handler */
     _Atomic uint64_t shared_reclaimed; /* arena chunks released by context destruction */
     bool locks_interposed;          /* pthread_rwlock_init/pthread_mutex_init reach us from libcrypto */
@@ -503,6 +516,13 @@ static inline void om_wipe(void *p, size_t n)
     __asm__ volatile("" : : "r"(p) : "memory");
 }
 
+/* Zeroes <n> bytes at <p>, any alignment: the part of a chunk a shrinking realloc gives up. */
+static inline void om_wipe_tail(void *p, size_t n)
+{
+    memset(p, 0, n);
+    __asm__ volatile("" : : "r"(p) : "memory");
+}
+
 /* The pattern the fill option writes over freed chunks. */
 #define OM_FILL_BYTE 0xDF
 #define OM_FILL_WORD 0xDFDFDFDFDFDFDFDFull
@@ -731,27 +751,23 @@ static inline void om_pool_release(struct om_tc *tc, struct om_chunk *h)
 }
 
 /*
- * Moves the oldest quarantined chunk into the thread cache, marked freed;
- * this also brings its header into the cache just before the chunk is
- * handed out again. The next chunks to leave are prefetched.
+ * Moves the oldest quarantined chunk into the thread cache. Its header
+ * already says freed, and the ring holds its class, so nothing is read from
+ * or written to the chunk: it is cold by now, and a write here would cost a
+ * cache miss for every free.
  */
 static inline void om_quar_evict_one(struct om_tc *tc)
 {
     struct om_quar *q = &tc->quar;
-    /* the ring holds the class too: no load from the leaving chunk is on the way */
-    __builtin_prefetch((void *)(uintptr_t)(q->ring[(q->head + 6) & q->mask] & 0xFFFFFFFFFFFFull),
-                       1, 3);
     uint64_t e = q->ring[q->head++ & q->mask];
     struct om_chunk *o = (struct om_chunk *)(uintptr_t)(e & 0xFFFFFFFFFFFFull);
     unsigned cls = (unsigned)(e >> 48);
     q->bytes -= om_cls[cls].size;
-    o->state = OM_ST_FREED;
-    o->check ^= om_g.k_quar_freed;
     om_pool_release_cls(tc, o, cls);
 }
 
 /*
- * Puts freed chunk <h> (wiped, state OM_ST_QUAR) of <usable> bytes into the
+ * Puts freed chunk <h> (wiped, state OM_ST_FREED) of <usable> bytes into the
  * thread's quarantine, and makes the oldest chunks beyond the byte budget
  * reusable.
  */
@@ -760,8 +776,6 @@ static inline void om_quar_push(struct om_tc *tc, struct om_chunk *h, unsigned c
 {
     struct om_quar *q = &tc->quar;
     if (OM_UNLIKELY(!q->ring) && !om_quar_init(tc)) {
-        h->state = OM_ST_FREED;
-        h->check ^= om_g.k_quar_freed;
         om_pool_release_cls(tc, h, cls);
         return;
     }
@@ -796,9 +810,17 @@ static inline void om_stat_free(struct om_tc *tc, size_t n)
 }
 
 /*
- * Releases live small chunk <h> of class <cls> (already validated) freed at <fsite>: wiped over
- * its whole usable size when zeroing is on, marked, and put in quarantine
- * (or straight back into the cache with a zero quarantine).
+ * Releases live small chunk <h> of class <cls> (already validated), of <size> requested bytes,
+ * freed at <fsite>: wiped when zeroing is on, marked freed, and put in quarantine (or straight
+ * back into the cache with a zero quarantine).
+ *
+ * With zeroing alone the wipe covers the requested bytes rounded up to 16, which leaves the
+ * whole usable size zero: a free chunk is all zero (a new one comes zeroed from the system,
+ * a freed one was wiped), its owner may write only its requested bytes, and a realloc that
+ * shrinks a chunk in place wipes what it gives up. That is what makes a 17 KiB record buffer
+ * of which a handshake used 300 bytes cost 300 bytes of wiping, not 17 KiB of cache misses.
+ * With fill or canary, which write beyond the requested bytes, the whole usable size is
+ * scrubbed.
  */
 static inline __attribute__((always_inline)) void om_free_small(struct om_tc *tc,
                                                                  struct om_chunk *h, unsigned cls,
@@ -807,19 +829,16 @@ static inline __attribute__((always_inline)) void om_free_small(struct om_tc *tc
     om_stat_free(tc, size);
     uint32_t usable = om_cls[cls].size;
     if (om_g.opt.zero)
-        om_scrub(om_user(h), usable);
+        om_scrub(om_user(h), om_g.wipe_whole ? usable : ((uint32_t)size + 15) & ~15u);
     /* a live header has free site 0: the check changes by constants and the new site's mix */
     uint16_t sitemix = om_mix16(fsite, om_g.site_key);
     h->fsite = fsite;
-    if (om_g.opt.quarantine) {
-        h->state = OM_ST_QUAR;
-        h->check ^= om_g.k_free_quar ^ sitemix;
+    h->state = OM_ST_FREED;
+    h->check ^= om_g.k_free_freed ^ sitemix;
+    if (om_g.opt.quarantine)
         om_quar_push(tc, h, cls, usable);
-    } else {
-        h->state = OM_ST_FREED;
-        h->check ^= om_g.k_free_freed ^ sitemix;
+    else
         om_pool_release_cls(tc, h, cls);
-    }
 }
 
 #endif /* OM_H */

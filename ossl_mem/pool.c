@@ -56,7 +56,9 @@ int om_pool_init(void)
     }
     for (c = 0; c < OM_NCLS; c++) {
         pthread_mutex_init(&om_g.central[c].lock, NULL);
-        om_g.central[c].free = NULL;
+        om_g.central[c].stack = NULL;
+        om_g.central[c].n = om_g.central[c].cap = 0;
+        om_g.central[c].list = NULL;
         om_g.central[c].bump = om_g.central[c].bump_end = NULL;
     }
     pthread_mutex_init(&om_g.seg_lock, NULL);
@@ -145,22 +147,25 @@ out:
 
 /*
  * Moves up to half a cache of class <cls> from the central store into the
- * empty thread cache <tc>. Leaves tc->n[cls] == 0 only when memory is
- * exhausted (errno ENOMEM).
+ * empty thread cache <tc>: the most recently put chunks first, then the
+ * overflow list, then chunks never handed out. Leaves tc->n[cls] == 0 only
+ * when memory is exhausted (errno ENOMEM).
  */
 void om_tc_refill(struct om_tc *tc, unsigned cls)
 {
     struct om_central *ce = &om_g.central[cls];
-    unsigned want = om_cls[cls].tc_cap / 2, got = 0;
+    unsigned want = om_cls[cls].tc_cap / 2, got;
     uint32_t stride = om_cls[cls].stride;
 
     pthread_mutex_lock(&ce->lock);
-    while (got < want && ce->free) {
-        struct om_chunk *h = ce->free;
+    got = ce->n < want ? ce->n : want;
+    ce->n -= got;
+    memcpy(tc->slot[cls], ce->stack + ce->n, got * sizeof *ce->stack);
+    while (got < want && ce->list) {
+        struct om_chunk *h = ce->list;
         struct om_chunk **link = om_user(h);
-        ce->free = *link;
+        ce->list = *link;
         *link = NULL; /* keep freed chunks all zero when zeroing is on */
-        ce->nfree--;
         tc->slot[cls][got++] = h;
     }
     while (got < want) {
@@ -175,18 +180,49 @@ void om_tc_refill(struct om_tc *tc, unsigned cls)
     tc->n[cls] = got;
 }
 
+/*
+ * Makes room for <more> entries in the stack of <ce> (caller holds its
+ * lock). Returns false when the system refuses the memory.
+ */
+static bool central_grow(struct om_central *ce, uint32_t more)
+{
+    if (ce->n + more <= ce->cap)
+        return true;
+    uint64_t cap = ce->cap ? ce->cap : 512;
+    while (cap < (uint64_t)ce->n + more)
+        cap *= 2;
+    if (cap > UINT32_MAX)
+        return false;
+    struct om_chunk **v = om_map(cap * sizeof *v, false);
+    if (!v)
+        return false;
+    if (ce->stack) {
+        memcpy(v, ce->stack, ce->n * sizeof *v);
+        int saved = errno;
+        munmap(ce->stack, ce->cap * sizeof *v);
+        errno = saved;
+    }
+    ce->stack = v;
+    ce->cap = (uint32_t)cap;
+    return true;
+}
+
 /* Puts <n> free chunks <v> of class <cls> into the central store. */
 void om_central_put(unsigned cls, struct om_chunk **v, unsigned n)
 {
     if (n == 0)
         return;
-    for (unsigned i = 0; i + 1 < n; i++)
-        *(struct om_chunk **)om_user(v[i]) = v[i + 1];
     struct om_central *ce = &om_g.central[cls];
     pthread_mutex_lock(&ce->lock);
-    *(struct om_chunk **)om_user(v[n - 1]) = ce->free;
-    ce->free = v[0];
-    ce->nfree += n;
+    if (OM_LIKELY(central_grow(ce, n))) {
+        memcpy(ce->stack + ce->n, v, n * sizeof *v);
+        ce->n += n;
+    } else {
+        for (unsigned i = 0; i < n; i++) {
+            *(struct om_chunk **)om_user(v[i]) = ce->list;
+            ce->list = v[i];
+        }
+    }
     pthread_mutex_unlock(&ce->lock);
 }
 

@@ -352,6 +352,9 @@ void *om_realloc_cb(void *p, size_t n, const char *file, int line)
     OM_CTR_ADD(tc->st.reallocs, 1);
     if (n <= f.cap && (n > f.cap / 2 || (w == W_SMALL && h->cls == 0))) {
         om_stat_live(tc, (int64_t)n - (int64_t)f.size);
+        /* the free of a small chunk wipes its requested bytes only: what it gives up goes now */
+        if (w == W_SMALL && n < f.size && om_g.opt.zero && !om_g.wipe_whole)
+            om_wipe_tail((char *)p + n, f.size - n);
         h->size = n >= UINT32_MAX ? UINT32_MAX : (uint32_t)n;
         h->asite = site;
         om_hdr_seal(h);

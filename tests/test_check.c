@@ -33,7 +33,7 @@ static void test_check_header_damage(void)
     CU_ASSERT_EQUAL(h->state, OM_ST_LIVE);
     *h = saved;
     CRYPTO_free(p, __FILE__, __LINE__);
-    CU_ASSERT_EQUAL(h->state, OM_ST_QUAR);
+    CU_ASSERT_EQUAL(h->state, OM_ST_FREED);
     CU_ASSERT_EQUAL(ossl_mem_check(), 0);
 }
 

@@ -64,10 +64,10 @@ static void test_pool_every_class(void)
             CU_ASSERT_EQUAL(h->cls, c);
             CU_ASSERT_EQUAL(h->size, sizes[i]);
             CU_ASSERT_EQUAL(h->state, OM_ST_LIVE);
-            fill(p, hi, c);
-            CU_ASSERT(same(p, hi, c));
+            fill(p, sizes[i], c);
+            CU_ASSERT(same(p, sizes[i], c));
             CRYPTO_free(p, __FILE__, __LINE__);
-            CU_ASSERT_EQUAL(h->state, OM_ST_QUAR);
+            CU_ASSERT_EQUAL(h->state, OM_ST_FREED);
         }
     }
 }
@@ -121,7 +121,7 @@ static void test_pool_realloc(void)
     CU_ASSERT_PTR_NOT_NULL_FATAL(p);
     CU_ASSERT_PTR_NOT_EQUAL(p, q);
     CU_ASSERT(same(p, 40, 9));
-    CU_ASSERT_EQUAL(om_hdr(q)->state, OM_ST_QUAR);
+    CU_ASSERT_EQUAL(om_hdr(q)->state, OM_ST_FREED);
     fill(p, 5000, 3);
     q = CRYPTO_realloc(p, 4000, __FILE__, __LINE__); /* shrink within the class: in place */
     CU_ASSERT_PTR_EQUAL(q, p);
@@ -214,6 +214,125 @@ static void test_pool_classify(void)
     CRYPTO_free(p, __FILE__, __LINE__);
 }
 
+/* Whether the <n> bytes at <p> are all zero. */
+static int all_zero(const unsigned char *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (p[i])
+            return 0;
+    return 1;
+}
+
+/*
+ * With zeroing (the unit tests' default), a freed chunk is zero over its whole usable size,
+ * although free wipes only the requested bytes: a chunk is handed out zero and its owner
+ * writes within its request; a realloc that shrinks in place wipes the bytes it gives up.
+ */
+static void test_pool_freed_all_zero(void)
+{
+    for (unsigned c = 0; c < OM_NCLS; c++) {
+        size_t lo = c ? om_cls[c - 1].size + 1 : 1, hi = om_cls[c].size;
+        size_t sizes[] = {lo, (lo + hi) / 2 + 1, hi};
+        for (unsigned i = 0; i < 3; i++) {
+            unsigned char *p = CRYPTO_malloc(sizes[i], __FILE__, __LINE__);
+            CU_ASSERT_PTR_NOT_NULL_FATAL(p);
+            CU_ASSERT(all_zero(p, hi)); /* handed out zero */
+            fill(p, sizes[i], c + i);
+            CRYPTO_free(p, __FILE__, __LINE__);
+            CU_ASSERT(all_zero(p, hi));
+        }
+        /* shrink in place (more than half the class), then free */
+        unsigned char *p = CRYPTO_malloc(hi, __FILE__, __LINE__);
+        CU_ASSERT_PTR_NOT_NULL_FATAL(p);
+        fill(p, hi, c);
+        size_t small = hi / 2 + 1;
+        unsigned char *q = CRYPTO_realloc(p, small, __FILE__, __LINE__);
+        CU_ASSERT_PTR_EQUAL(q, p);
+        CU_ASSERT(same(q, small, c));
+        if (c > 0) /* class 0 shrinks in place whatever the size: check its tail too */
+            CU_ASSERT(all_zero(q + small, hi - small));
+        CRYPTO_free(q, __FILE__, __LINE__);
+        CU_ASSERT(all_zero(p, hi));
+    }
+}
+
+/*
+ * Chunks leave the quarantine without being touched: their headers still say freed with a
+ * good check (ossl_mem_check finds nothing), a second free is still a double free, and they
+ * are handed out again.
+ */
+static void test_pool_quarantine_exit(void)
+{
+    enum { N = 4096 }; /* 4096 x 64 bytes: four times the 64 KiB budget */
+    static unsigned char *p[N];
+    struct ossl_mem_stats s0 = unit_stats();
+    for (unsigned i = 0; i < N; i++)
+        CU_ASSERT_PTR_NOT_NULL_FATAL(p[i] = CRYPTO_malloc(64, __FILE__, __LINE__));
+    for (unsigned i = 0; i < N; i++)
+        CRYPTO_free(p[i], __FILE__, __LINE__);
+    struct ossl_mem_stats s1 = unit_stats();
+    CU_ASSERT(s1.quarantine_bytes <= 64 * 1024);
+    CU_ASSERT(s1.quarantine_chunks < N / 2); /* most have left it */
+    for (unsigned i = 0; i < N; i++)
+        CU_ASSERT_EQUAL(om_hdr(p[i])->state, OM_ST_FREED);
+    CU_ASSERT_EQUAL(ossl_mem_check(), 0);
+    CRYPTO_free(p[0], __FILE__, __LINE__); /* the first freed: long out of the quarantine */
+    struct ossl_mem_stats s2 = unit_stats();
+    CU_ASSERT_EQUAL(s2.double_frees, s1.double_frees + 1);
+    CU_ASSERT_EQUAL(s2.frees, s1.frees);
+    unsigned again = 0;
+    for (unsigned i = 0; i < N / 2; i++) {
+        unsigned char *q = CRYPTO_malloc(64, __FILE__, __LINE__);
+        CU_ASSERT_PTR_NOT_NULL_FATAL(q);
+        CU_ASSERT_EQUAL(om_hdr(q)->state, OM_ST_LIVE);
+        for (unsigned j = 0; j < N && !again; j++)
+            again = q == p[j];
+        p[i] = q;
+    }
+    CU_ASSERT(again); /* old chunks came back */
+    for (unsigned i = 0; i < N / 2; i++)
+        CRYPTO_free(p[i], __FILE__, __LINE__);
+    CU_ASSERT_EQUAL(unit_stats().live_bytes, s0.live_bytes);
+}
+
+/* Comparison of pointers for qsort. */
+static int cmp_ptr(const void *a, const void *b)
+{
+    uintptr_t x = (uintptr_t)*(void *const *)a, y = (uintptr_t)*(void *const *)b;
+    return x < y ? -1 : x > y;
+}
+
+/*
+ * The central store (an address stack): 30,000 chunks of one class pass through it and come
+ * back, no chunk twice, and the private segments do not grow to serve the second round.
+ */
+static void test_pool_central_reuse(void)
+{
+    enum { N = 30000 };
+    static unsigned char *p[N];
+    for (unsigned i = 0; i < N; i++) {
+        CU_ASSERT_PTR_NOT_NULL_FATAL(p[i] = CRYPTO_malloc(32, __FILE__, __LINE__));
+        p[i][0] = (unsigned char)i;
+    }
+    for (unsigned i = 0; i < N; i++)
+        CRYPTO_free(p[i], __FILE__, __LINE__);
+    size_t mapped = unit_stats().private_mapped;
+    for (unsigned i = 0; i < N; i++) {
+        CU_ASSERT_PTR_NOT_NULL_FATAL(p[i] = CRYPTO_malloc(32, __FILE__, __LINE__));
+        CU_ASSERT_EQUAL(p[i][0], 0);
+        p[i][0] = 1;
+    }
+    CU_ASSERT_EQUAL(unit_stats().private_mapped, mapped);
+    qsort(p, N, sizeof p[0], cmp_ptr);
+    unsigned dup = 0;
+    for (unsigned i = 1; i < N; i++)
+        dup += p[i] == p[i - 1];
+    CU_ASSERT_EQUAL(dup, 0);
+    for (unsigned i = 0; i < N; i++)
+        CRYPTO_free(p[i], __FILE__, __LINE__);
+    CU_ASSERT_EQUAL(ossl_mem_check(), 0);
+}
+
 void test_pool_register(void)
 {
     static const struct unit_case cases[] = {
@@ -226,6 +345,9 @@ void test_pool_register(void)
         {"test_pool_large", test_pool_large},
         {"test_pool_size_overflow", test_pool_size_overflow},
         {"test_pool_classify", test_pool_classify},
+        {"test_pool_freed_all_zero", test_pool_freed_all_zero},
+        {"test_pool_quarantine_exit", test_pool_quarantine_exit},
+        {"test_pool_central_reuse", test_pool_central_reuse},
         {NULL, NULL},
     };
     unit_add_suite("pool", cases);
