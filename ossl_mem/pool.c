@@ -159,8 +159,10 @@ void om_tc_refill(struct om_tc *tc, unsigned cls)
 
     pthread_mutex_lock(&ce->lock);
     got = ce->n < want ? ce->n : want;
-    ce->n -= got;
-    memcpy(tc->slot[cls], ce->stack + ce->n, got * sizeof *ce->stack);
+    if (got) { /* (no stack is mapped before the first put) */
+        ce->n -= got;
+        memcpy(tc->slot[cls], ce->stack + ce->n, got * sizeof *ce->stack);
+    }
     while (got < want && ce->list) {
         struct om_chunk *h = ce->list;
         struct om_chunk **link = om_user(h);
