@@ -19,7 +19,7 @@ struct option {
 #define F(field) offsetof(struct om_opts, field)
 
 static const struct option table[] = {
-    {"quarantine", K_SIZE, "64K",
+    {"quarantine", K_SIZE, "4K",
      "bytes of freed chunks each thread holds back before reuse, so a late double free "
      "still finds the freed mark (0 disables)", F(quarantine)},
     {"zero", K_BOOL, "on",
@@ -80,7 +80,7 @@ static const struct option table[] = {
 void om_opts_default(struct om_opts *o)
 {
     memset(o, 0, sizeof *o);
-    o->quarantine = 64 * 1024;
+    o->quarantine = 4 * 1024;
     o->zero = true;
     o->policy = OM_POLICY_REPORT;
     o->reserve = (size_t)32 << 30;

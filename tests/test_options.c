@@ -9,7 +9,7 @@ static void test_options_good(void)
     struct om_opts o;
     char err[256];
     om_opts_default(&o);
-    CU_ASSERT_EQUAL(o.quarantine, 64 * 1024);
+    CU_ASSERT_EQUAL(o.quarantine, 4 * 1024);
     CU_ASSERT(o.zero);
     CU_ASSERT_EQUAL(o.policy, OM_POLICY_REPORT);
     CU_ASSERT_EQUAL(om_opts_parse(&o, " quarantine=4M , no-zero,on-error=abort,report=/tmp/x.json,"

@@ -263,7 +263,7 @@ static void test_pool_freed_all_zero(void)
  */
 static void test_pool_quarantine_exit(void)
 {
-    enum { N = 4096 }; /* 4096 x 64 bytes: four times the 64 KiB budget */
+    enum { N = 4096 }; /* 4096 x 64 bytes: 64 times the default 4 KiB budget */
     static unsigned char *p[N];
     struct ossl_mem_stats s0 = unit_stats();
     for (unsigned i = 0; i < N; i++)
@@ -271,7 +271,7 @@ static void test_pool_quarantine_exit(void)
     for (unsigned i = 0; i < N; i++)
         CRYPTO_free(p[i], __FILE__, __LINE__);
     struct ossl_mem_stats s1 = unit_stats();
-    CU_ASSERT(s1.quarantine_bytes <= 64 * 1024);
+    CU_ASSERT(s1.quarantine_bytes <= om_g.opt.quarantine);
     CU_ASSERT(s1.quarantine_chunks < N / 2); /* most have left it */
     for (unsigned i = 0; i < N; i++)
         CU_ASSERT_EQUAL(om_hdr(p[i])->state, OM_ST_FREED);
@@ -293,6 +293,30 @@ static void test_pool_quarantine_exit(void)
     for (unsigned i = 0; i < N / 2; i++)
         CRYPTO_free(p[i], __FILE__, __LINE__);
     CU_ASSERT_EQUAL(unit_stats().live_bytes, s0.live_bytes);
+}
+
+/*
+ * The default quarantine's window: a chunk freed and followed by 40 alloc/free pairs of its
+ * class (1,920 bytes, under the 4 KiB budget) is not handed out to any of them, and a late
+ * second free of it is still a double free (counted, not performed).
+ */
+static void test_pool_quarantine_window(void)
+{
+    CU_ASSERT_EQUAL(om_g.opt.quarantine, 4 * 1024);
+    unsigned char *p = CRYPTO_malloc(40, __FILE__, __LINE__);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(p);
+    CRYPTO_free(p, __FILE__, __LINE__);
+    for (int i = 0; i < 40; i++) {
+        unsigned char *q = CRYPTO_malloc(40, __FILE__, __LINE__);
+        CU_ASSERT_PTR_NOT_NULL_FATAL(q);
+        CU_ASSERT_PTR_NOT_EQUAL(q, p);
+        CRYPTO_free(q, __FILE__, __LINE__);
+    }
+    struct ossl_mem_stats s1 = unit_stats();
+    CRYPTO_free(p, __FILE__, __LINE__);
+    struct ossl_mem_stats s2 = unit_stats();
+    CU_ASSERT_EQUAL(s2.double_frees, s1.double_frees + 1);
+    CU_ASSERT_EQUAL(s2.frees, s1.frees);
 }
 
 /* Comparison of pointers for qsort. */
@@ -347,6 +371,7 @@ void test_pool_register(void)
         {"test_pool_classify", test_pool_classify},
         {"test_pool_freed_all_zero", test_pool_freed_all_zero},
         {"test_pool_quarantine_exit", test_pool_quarantine_exit},
+        {"test_pool_quarantine_window", test_pool_quarantine_window},
         {"test_pool_central_reuse", test_pool_central_reuse},
         {NULL, NULL},
     };
