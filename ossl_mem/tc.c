@@ -9,7 +9,23 @@
 
 __thread struct om_tc *om_tls_tc __attribute__((tls_model("initial-exec")));
 
-#define OM_QUAR_ENTRIES 16384u /* ring slots per thread: bounds the chunk count too */
+#define OM_QUAR_MIN 256u    /* ring slots per thread, at least (the drain keeps 64 free) */
+#define OM_QUAR_MAX 16384u  /* and at most: bounds the chunk count of a large budget too */
+
+/*
+ * Ring slots for the quarantine budget: room for twice the budget in
+ * 16-byte chunks, a power of two. Not more: the ring's write position
+ * sweeps all of it, one new cache line every 8 frees, so a ring much
+ * larger than the chunks it holds costs a cache miss every 8 frees (a
+ * fixed 16384-slot ring did, 128 KiB, with the 4 KiB default budget).
+ */
+static uint32_t quar_entries(void)
+{
+    uint64_t want = om_g.opt.quarantine / 8, n = OM_QUAR_MIN;
+    while (n < want && n < OM_QUAR_MAX)
+        n *= 2;
+    return (uint32_t)n;
+}
 
 static void tc_destroy(void *arg);
 
@@ -73,13 +89,16 @@ struct om_tc *om_tc_enter_slow(void)
     return om_g.orphan;
 }
 
-/* Moves cached chunks of class <cls> beyond the first <keep> to the central store. */
+/* Moves the cached chunks of class <cls> but the <keep> most recently cached to the central store. */
 void om_tc_flush_class(struct om_tc *tc, unsigned cls, unsigned keep)
 {
     unsigned n = tc->n[cls];
     if (n <= keep)
         return;
-    om_central_put(cls, &tc->slot[cls][keep], n - keep);
+    /* the bottom of the stack goes: its chunks were cached longest and are the coldest, while
+       the top holds the ones just freed, which the next mallocs of the class reuse hot */
+    om_central_put(cls, tc->slot[cls], n - keep);
+    memmove(tc->slot[cls], &tc->slot[cls][n - keep], keep * sizeof tc->slot[cls][0]);
     tc->n[cls] = keep;
 }
 
@@ -97,11 +116,12 @@ void om_stat_flush(struct om_tc *tc)
 /* Maps the thread's quarantine ring on first use. Returns false when out of memory. */
 bool om_quar_init(struct om_tc *tc)
 {
-    uint64_t *ring = om_map(OM_QUAR_ENTRIES * sizeof(uint64_t), false);
+    uint32_t n = quar_entries();
+    uint64_t *ring = om_map(n * sizeof(uint64_t), false);
     if (!ring)
         return false;
     tc->quar.ring = ring;
-    tc->quar.mask = OM_QUAR_ENTRIES - 1;
+    tc->quar.mask = n - 1;
     return true;
 }
 
@@ -115,8 +135,18 @@ void om_quar_drain(struct om_tc *tc)
     struct om_quar *q = &tc->quar;
     size_t budget = om_g.opt.quarantine;
     size_t low = budget - (budget >= 32768 ? 4096 : budget / 8);
-    while (q->head != q->tail && (q->bytes > low || q->tail - q->head > q->mask - 64))
-        om_quar_evict_one(tc);
+    /* the ring's fields in locals: the cache stores below would otherwise reload them */
+    const uint64_t *ring = q->ring;
+    uint32_t head = q->head, tail = q->tail, mask = q->mask;
+    size_t bytes = q->bytes;
+    while (head != tail && (bytes > low || tail - head > mask - 64)) {
+        uint64_t e = ring[head++ & mask];
+        unsigned cls = (unsigned)(e >> 48);
+        bytes -= om_cls[cls].size;
+        om_pool_release_cls(tc, (struct om_chunk *)(uintptr_t)(e & 0xFFFFFFFFFFFFull), cls);
+    }
+    q->head = head;
+    q->bytes = bytes;
 }
 
 /* Empties the quarantine and every class cache of <tc> into the central stores. */
@@ -151,7 +181,7 @@ static void tc_retire_locked(struct om_tc *tc)
     if (tc->next)
         tc->next->prev = tc->prev;
     if (tc->quar.ring)
-        munmap(tc->quar.ring, OM_QUAR_ENTRIES * sizeof(uint64_t));
+        munmap(tc->quar.ring, (tc->quar.mask + 1) * sizeof(uint64_t));
     munmap(tc, sizeof *tc);
 }
 

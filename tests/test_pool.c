@@ -298,7 +298,8 @@ static void test_pool_quarantine_exit(void)
 /*
  * The default quarantine's window: a chunk freed and followed by 40 alloc/free pairs of its
  * class (1,920 bytes, under the 4 KiB budget) is not handed out to any of them, and a late
- * second free of it is still a double free (counted, not performed).
+ * second free of it is still a double free (counted, not performed). The quarantine then holds
+ * its whole budget in 16-byte chunks (its ring is sized to hold them).
  */
 static void test_pool_quarantine_window(void)
 {
@@ -317,6 +318,16 @@ static void test_pool_quarantine_window(void)
     struct ossl_mem_stats s2 = unit_stats();
     CU_ASSERT_EQUAL(s2.double_frees, s1.double_frees + 1);
     CU_ASSERT_EQUAL(s2.frees, s1.frees);
+    /* the ring, sized to the budget, holds the budget's worth of the smallest chunks */
+    enum { M = 300 };
+    static void *v[M];
+    for (int i = 0; i < M; i++)
+        CU_ASSERT_PTR_NOT_NULL_FATAL(v[i] = CRYPTO_malloc(16, __FILE__, __LINE__));
+    for (int i = 0; i < M; i++)
+        CRYPTO_free(v[i], __FILE__, __LINE__);
+    struct ossl_mem_stats s3 = unit_stats();
+    CU_ASSERT(s3.quarantine_bytes > 4096 - 512 && s3.quarantine_bytes <= 4096);
+    CU_ASSERT_EQUAL(s3.quarantine_chunks * 16, s3.quarantine_bytes);
 }
 
 /* Comparison of pointers for qsort. */
