@@ -22,6 +22,9 @@ static const struct option table[] = {
     {"quarantine", K_SIZE, "4K",
      "bytes of freed chunks each thread holds back before reuse, so a late double free "
      "still finds the freed mark (0 disables)", F(quarantine)},
+    {"quarantine-over", K_SIZE, "32",
+     "only chunks requested with more bytes than this enter the quarantine; smaller ones "
+     "are reused at once (0: every chunk)", F(quarantine_over)},
     {"zero", K_BOOL, "on",
      "wipe every freed chunk over its whole usable size, and the old block of a moving "
      "realloc (no-zero turns it off)", F(zero)},
@@ -81,6 +84,7 @@ void om_opts_default(struct om_opts *o)
 {
     memset(o, 0, sizeof *o);
     o->quarantine = 4 * 1024;
+    o->quarantine_over = 32;
     o->zero = true;
     o->policy = OM_POLICY_REPORT;
     o->reserve = (size_t)32 << 30;

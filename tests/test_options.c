@@ -10,11 +10,15 @@ static void test_options_good(void)
     char err[256];
     om_opts_default(&o);
     CU_ASSERT_EQUAL(o.quarantine, 4 * 1024);
+    CU_ASSERT_EQUAL(o.quarantine_over, 32);
     CU_ASSERT(o.zero);
     CU_ASSERT_EQUAL(o.policy, OM_POLICY_REPORT);
     CU_ASSERT_EQUAL(om_opts_parse(&o, " quarantine=4M , no-zero,on-error=abort,report=/tmp/x.json,"
                                       "reserve=1G,", "test", err, sizeof err), 0);
     CU_ASSERT_EQUAL(o.quarantine, 4u << 20);
+    CU_ASSERT_EQUAL(om_opts_parse(&o, "quarantine-over=0", "test", err, sizeof err), 0);
+    CU_ASSERT_EQUAL(o.quarantine_over, 0);
+    CU_ASSERT_EQUAL(o.quarantine, 4u << 20); /* the one word does not touch the other */
     CU_ASSERT(!o.zero);
     CU_ASSERT_EQUAL(o.policy, OM_POLICY_ABORT);
     CU_ASSERT_STRING_EQUAL(o.report, "/tmp/x.json");

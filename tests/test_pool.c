@@ -321,13 +321,43 @@ static void test_pool_quarantine_window(void)
     /* the ring, sized to the budget, holds the budget's worth of the smallest chunks */
     enum { M = 300 };
     static void *v[M];
+    om_g.opt.quarantine_over = 0; /* (as quarantine-over=0) */
     for (int i = 0; i < M; i++)
         CU_ASSERT_PTR_NOT_NULL_FATAL(v[i] = CRYPTO_malloc(16, __FILE__, __LINE__));
     for (int i = 0; i < M; i++)
         CRYPTO_free(v[i], __FILE__, __LINE__);
+    om_g.opt.quarantine_over = 32;
     struct ossl_mem_stats s3 = unit_stats();
     CU_ASSERT(s3.quarantine_bytes > 4096 - 512 && s3.quarantine_bytes <= 4096);
     CU_ASSERT_EQUAL(s3.quarantine_chunks * 16, s3.quarantine_bytes);
+}
+
+/*
+ * quarantine-over: by default a chunk of 32 requested bytes or less skips the quarantine (the
+ * next allocation of its class gets it back, wiped), one of 33 enters it; its freed mark still
+ * catches a second free before the chunk is handed out again.
+ */
+static void test_pool_quarantine_over(void)
+{
+    CU_ASSERT_EQUAL(om_g.opt.quarantine_over, 32);
+    unsigned char *p = CRYPTO_malloc(32, __FILE__, __LINE__);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(p);
+    memset(p, 0xAB, 32);
+    struct ossl_mem_stats s0 = unit_stats();
+    CRYPTO_free(p, __FILE__, __LINE__);
+    struct ossl_mem_stats s1 = unit_stats();
+    CU_ASSERT_EQUAL(s1.quarantine_chunks, s0.quarantine_chunks);
+    CRYPTO_free(p, __FILE__, __LINE__); /* still unused: a double free */
+    CU_ASSERT_EQUAL(unit_stats().double_frees, s1.double_frees + 1);
+    unsigned char *q = CRYPTO_malloc(32, __FILE__, __LINE__);
+    CU_ASSERT_PTR_EQUAL(q, p);
+    CU_ASSERT(all_zero(q, 32));
+    CRYPTO_free(q, __FILE__, __LINE__);
+    unsigned char *r = CRYPTO_malloc(33, __FILE__, __LINE__);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(r);
+    struct ossl_mem_stats s2 = unit_stats();
+    CRYPTO_free(r, __FILE__, __LINE__);
+    CU_ASSERT_EQUAL(unit_stats().quarantine_chunks, s2.quarantine_chunks + 1);
 }
 
 /* Comparison of pointers for qsort. */
@@ -383,6 +413,7 @@ void test_pool_register(void)
         {"test_pool_freed_all_zero", test_pool_freed_all_zero},
         {"test_pool_quarantine_exit", test_pool_quarantine_exit},
         {"test_pool_quarantine_window", test_pool_quarantine_window},
+        {"test_pool_quarantine_over", test_pool_quarantine_over},
         {"test_pool_central_reuse", test_pool_central_reuse},
         {NULL, NULL},
     };
