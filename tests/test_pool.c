@@ -4,6 +4,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <openssl/evp.h>
+
 #include "unit.h"
 #include "om.h"
 
@@ -360,6 +362,35 @@ static void test_pool_quarantine_over(void)
     CU_ASSERT_EQUAL(unit_stats().quarantine_chunks, s2.quarantine_chunks + 1);
 }
 
+/*
+ * An OpenSSL object freed twice within the quarantine's window: the second EVP_MD_CTX_free()
+ * finds the context wiped (its digest state pointer is NULL), so it frees nothing but the
+ * context itself, which is refused as one double free. Small allocations in between (they skip
+ * the quarantine) and a few larger ones do not get the context back.
+ */
+static void test_pool_object_double_free(void)
+{
+    EVP_MD_CTX *c = EVP_MD_CTX_new();
+    CU_ASSERT_PTR_NOT_NULL_FATAL(c);
+    CU_ASSERT_FATAL(EVP_DigestInit_ex(c, EVP_sha256(), NULL) == 1);
+    CU_ASSERT(EVP_DigestUpdate(c, "abc", 3) == 1);
+    EVP_MD_CTX_free(c);
+    for (int i = 0; i < 30; i++) {
+        void *a = CRYPTO_malloc(24, __FILE__, __LINE__), *b = CRYPTO_malloc(40, __FILE__, __LINE__);
+        CU_ASSERT(a != (void *)c && b != (void *)c);
+        CRYPTO_free(a, __FILE__, __LINE__);
+        CRYPTO_free(b, __FILE__, __LINE__);
+    }
+    struct ossl_mem_stats s1 = unit_stats();
+    EVP_MD_CTX_free(c);
+    struct ossl_mem_stats s2 = unit_stats();
+    CU_ASSERT_EQUAL(s2.double_frees, s1.double_frees + 1);
+    CU_ASSERT_EQUAL(s2.invalid_frees, s1.invalid_frees);
+    CU_ASSERT_EQUAL(s2.corrupt_headers, s1.corrupt_headers);
+    CU_ASSERT_EQUAL(s2.frees, s1.frees);
+    CU_ASSERT_EQUAL(s2.live_bytes, s1.live_bytes);
+}
+
 /* Comparison of pointers for qsort. */
 static int cmp_ptr(const void *a, const void *b)
 {
@@ -414,6 +445,7 @@ void test_pool_register(void)
         {"test_pool_quarantine_exit", test_pool_quarantine_exit},
         {"test_pool_quarantine_window", test_pool_quarantine_window},
         {"test_pool_quarantine_over", test_pool_quarantine_over},
+        {"test_pool_object_double_free", test_pool_object_double_free},
         {"test_pool_central_reuse", test_pool_central_reuse},
         {NULL, NULL},
     };
