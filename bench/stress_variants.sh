@@ -6,7 +6,8 @@
 # section 9).
 # Usage: bench/stress_variants.sh TRANSPORT WORKERS SECONDS ROUNDS [OPTIONS...]
 #   TRANSPORT bio|socket; each OPTIONS is an --options string for --mode shared, "" for the
-#   defaults (default variants: "" quarantine=64K quarantine=16K quarantine=0).
+#   defaults (default variants: the defaults, the old default quarantine=64K,quarantine-over=0,
+#   the 4K quarantine on every chunk, quarantine-over=0, and none, quarantine=0).
 # STRESS_TOOL=PATH runs another build of the tool. Run by hand (never in CI), on an idle machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,7 +18,7 @@ fi
 tr=$1 workers=$2 secs=$3 rounds=$4
 shift 4
 variants=("$@")
-[ ${#variants[@]} -gt 0 ] || variants=("" quarantine=64K quarantine=16K quarantine=0)
+[ ${#variants[@]} -gt 0 ] || variants=("" quarantine=64K,quarantine-over=0 quarantine-over=0 quarantine=0)
 tool=${STRESS_TOOL:-stress/ossl-mem-stress}
 [ -n "${STRESS_TOOL:-}" ] || [ -x "$tool" ] || make -s "$tool"
 out=$(mktemp /tmp/stress_variants.XXXXXX)
