@@ -355,11 +355,15 @@ static void test_pool_quarantine_over(void)
     CU_ASSERT_PTR_EQUAL(q, p);
     CU_ASSERT(all_zero(q, 32));
     CRYPTO_free(q, __FILE__, __LINE__);
+    /* a 33-byte chunk is held back: the next allocation of its class gets another one (a
+       count of the quarantine could move either way here, as the push may drain older ones) */
     unsigned char *r = CRYPTO_malloc(33, __FILE__, __LINE__);
     CU_ASSERT_PTR_NOT_NULL_FATAL(r);
-    struct ossl_mem_stats s2 = unit_stats();
     CRYPTO_free(r, __FILE__, __LINE__);
-    CU_ASSERT_EQUAL(unit_stats().quarantine_chunks, s2.quarantine_chunks + 1);
+    unsigned char *t = CRYPTO_malloc(33, __FILE__, __LINE__);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(t);
+    CU_ASSERT_PTR_NOT_EQUAL(t, r);
+    CRYPTO_free(t, __FILE__, __LINE__);
 }
 
 /*
