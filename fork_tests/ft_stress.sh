@@ -18,7 +18,7 @@ json() {
     python3 -m json.tool "$1" >/dev/null 2>&1 && python3 - "$1" "$2" <<'PY'
 import json, sys
 d = json.load(open(sys.argv[1]))
-keys = ["config", "handshakes_ok", "handshakes_failed", "seconds", "rate_total",
+keys = ["config", "handshakes_ok", "handshakes_failed", "seconds", "serve_seconds", "rate_total",
         "rate_per_worker", "reloads", "kills", "memory", "safety", "check", "workers",
         "first_failure", "verdict"]
 safety = ["double_frees", "invalid_frees", "inherited_frees", "overflows", "uaf_writes",
@@ -43,6 +43,10 @@ if not na:
     c = d["check"]
     clean = clean and c["master"] == 0 and c["workers_checked"] >= d["config"]["workers"] \
         and all(w["check"] == 0 for w in d["workers"])
+# the rate is over the serving time: from the first fork to the last handshake, within the run
+serve = d["serve_seconds"]
+clean = clean and 0 < serve <= d["seconds"] and \
+    abs(d["rate_total"] - d["handshakes_ok"] / serve) <= 0.1 + 0.001 * d["rate_total"]
 ok = eval(sys.argv[2])
 if not ok:
     print(json.dumps(d, indent=1))
