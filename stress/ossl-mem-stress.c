@@ -947,7 +947,7 @@ static void write_json(const char *verdict, double rate)
             opt.kill_every, opt.seed);
     json_str(f, opt.options ? opt.options : "");
     fprintf(f, "},\n  \"handshakes_ok\": %ld,\n  \"handshakes_failed\": %ld,\n"
-            "  \"seconds\": %.3f,\n  \"serve_seconds\": %.3f,\n  \"rate_total\": %.1f,\n"
+            "  \"seconds\": %.6f,\n  \"serve_seconds\": %.6f,\n  \"rate_total\": %.1f,\n"
             "  \"rate_per_worker\": %.1f,\n",
             res.ok, res.failed, res.secs, res.serve, rate, rate / (double)opt.workers);
     fprintf(f, "  \"reloads\": %ld,\n  \"kills\": %ld,\n", res.reloads, res.kills);

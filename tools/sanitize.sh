@@ -26,7 +26,11 @@ if [ $status = 0 ]; then
     echo "sanitizer build: every test passed"
     [ $# -ge 1 ] || rm -rf "$dir"
 else
-    for log in $(grep -lE "^(FAIL|ERROR)" $(find . -name "*.trs")); do tail -40 "${log%.trs}.log"; done
+    for trs in $(grep -lE "^:test-result: (FAIL|ERROR)" $(find . -name "*.trs") /dev/null); do
+        echo "=== ${trs%.trs}.log"
+        grep -E "^FAIL" "${trs%.trs}.log" | head -20
+        tail -40 "${trs%.trs}.log"
+    done
     echo "sanitizer build: failures (logs in $dir)"
 fi
 exit $status

@@ -12,5 +12,10 @@ for log in fork_tests/*.log common/*.log; do
     [ -f "$log" ] && printf '%-32s %s\n' "${log%.log}:" "$(grep -E '^[0-9]+ passed, [0-9]+ failed' "$log" | tail -1)"
 done
 num() { sed -n "s/^# $1: *//p" test-suite.log; }
+# a failing test's own FAIL lines, so a CI log shows what failed and not only which test
+for trs in $(grep -lE "^:test-result: (FAIL|ERROR)" $(find . -name "*.trs") /dev/null); do
+    echo "=== ${trs%.trs}.log"
+    grep -E "^FAIL" "${trs%.trs}.log" | head -20
+done
 echo "all tests: $(num PASS) passed, $(( $(num FAIL) + $(num ERROR) + $(num XPASS) )) failed, $(num SKIP) skipped"
 exit $status
