@@ -26,11 +26,7 @@ if [ $status = 0 ]; then
     echo "sanitizer build: every test passed"
     [ $# -ge 1 ] || rm -rf "$dir"
 else
-    for trs in $(grep -lE "^:test-result: (FAIL|ERROR)" $(find . -name "*.trs") /dev/null); do
-        echo "=== ${trs%.trs}.log"
-        grep -E "^FAIL" "${trs%.trs}.log" | head -20
-        tail -40 "${trs%.trs}.log"
-    done
+    "$src/tools/failed-logs.sh" . 40
     echo "sanitizer build: failures (logs in $dir)"
 fi
 exit $status

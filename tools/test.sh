@@ -13,9 +13,6 @@ for log in fork_tests/*.log common/*.log; do
 done
 num() { sed -n "s/^# $1: *//p" test-suite.log; }
 # a failing test's own FAIL lines, so a CI log shows what failed and not only which test
-for trs in $(grep -lE "^:test-result: (FAIL|ERROR)" $(find . -name "*.trs") /dev/null); do
-    echo "=== ${trs%.trs}.log"
-    grep -E "^FAIL" "${trs%.trs}.log" | head -20
-done
+tools/failed-logs.sh .
 echo "all tests: $(num PASS) passed, $(( $(num FAIL) + $(num ERROR) + $(num XPASS) )) failed, $(num SKIP) skipped"
 exit $status
