@@ -9,6 +9,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <ossl_mem/ossl_mem.h>
+
 #include "fork_tests/ft.h"
 
 static double now(void)
@@ -116,4 +118,35 @@ void ft_alarm(unsigned seconds)
 {
     signal(SIGALRM, on_alarm);
     alarm(seconds);
+}
+
+void ft_init_or_die(const char *options)
+{
+    struct ossl_mem_config cfg = {OSSL_MEM_CONFIG_VERSION, OSSL_MEM_CFG_IGNORE_ENV, options};
+    int rc = ossl_mem_init(&cfg);
+    if (rc != 0) {
+        printf("FAIL: ossl_mem_init(%s): %s\n", options ? options : "", ossl_mem_strerror(rc));
+        exit(1);
+    }
+}
+
+int ft_build_shared(struct ft_shared *s, int tls_version)
+{
+    struct omt_opts o = {tls_version, OMT_VERIFY_MUTUAL};
+    int rc = ossl_mem_shared_begin();
+    if (rc != 0) {
+        printf("shared_begin: %s\n", ossl_mem_strerror(rc));
+        return -1;
+    }
+    int bad = omt_pki_make(&s->pki, OMT_KEY_EC);
+    s->srv = bad ? NULL : omt_server_ctx(&s->pki, &o);
+    s->cli = bad ? NULL : omt_client_ctx(&s->pki, &o);
+    ossl_mem_shared_end();
+    if (!s->srv || !s->cli)
+        return -1;
+    if ((rc = ossl_mem_share_ssl_ctx(s->srv)) != 0 || (rc = ossl_mem_share_ssl_ctx(s->cli)) != 0) {
+        printf("share_ssl_ctx: %s\n", ossl_mem_strerror(rc));
+        return -1;
+    }
+    return 0;
 }

@@ -4,6 +4,8 @@
 
 #include <sys/types.h>
 
+#include "common/omt.h"
+
 struct ft_child {
     int status;         /* waitpid status */
     int timed_out;      /* 1 if the child was killed by the time limit */
@@ -26,5 +28,20 @@ unsigned ft_count_lines(const char *s);
 
 /* Arms an alarm that kills the whole test after <seconds> with a clear message. */
 void ft_alarm(unsigned seconds);
+
+/* ossl_mem_init() with <options> (environment ignored); on failure prints FAIL and exits 1. */
+void ft_init_or_die(const char *options);
+
+/* A PKI and a mutual-verification server and client context, built in one shared scope. */
+struct ft_shared {
+    struct omt_pki pki;
+    struct ssl_ctx_st *srv, *cli;
+};
+
+/*
+ * Builds <s> in one shared scope (TLS version <tls_version>, 0: 1.3) and registers both
+ * contexts. Returns 0, or -1 after printing why.
+ */
+int ft_build_shared(struct ft_shared *s, int tls_version);
 
 #endif

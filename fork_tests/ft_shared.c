@@ -43,43 +43,6 @@ static struct ossl_mem_stats stats(void)
     return s;
 }
 
-static void init_or_die(const char *options)
-{
-    struct ossl_mem_config cfg = {OSSL_MEM_CONFIG_VERSION, OSSL_MEM_CFG_IGNORE_ENV, options};
-    int rc = ossl_mem_init(&cfg);
-    if (rc != 0) {
-        printf("FAIL: ossl_mem_init(%s): %s\n", options ? options : "", ossl_mem_strerror(rc));
-        exit(1);
-    }
-}
-
-/* A PKI and a mutual-verification server and client context, all built in one shared scope. */
-struct shared_set {
-    struct omt_pki pki;
-    SSL_CTX *srv, *cli;
-};
-
-static int build_shared(struct shared_set *s, int tls_version)
-{
-    struct omt_opts o = {tls_version, OMT_VERIFY_MUTUAL};
-    int rc = ossl_mem_shared_begin();
-    if (rc != 0) {
-        printf("shared_begin: %s\n", ossl_mem_strerror(rc));
-        return -1;
-    }
-    int bad = omt_pki_make(&s->pki, OMT_KEY_EC);
-    s->srv = bad ? NULL : omt_server_ctx(&s->pki, &o);
-    s->cli = bad ? NULL : omt_client_ctx(&s->pki, &o);
-    ossl_mem_shared_end();
-    if (!s->srv || !s->cli)
-        return -1;
-    if ((rc = ossl_mem_share_ssl_ctx(s->srv)) != 0 || (rc = ossl_mem_share_ssl_ctx(s->cli)) != 0) {
-        printf("share_ssl_ctx: %s\n", ossl_mem_strerror(rc));
-        return -1;
-    }
-    return 0;
-}
-
 /* Runs <n> handshakes, over a BIO pair or a socketpair; returns how many verified. */
 static int handshakes(SSL_CTX *srv, SSL_CTX *cli, int n, int sockets, char *err, size_t errlen)
 {
@@ -120,7 +83,7 @@ static void *thread_handshakes(void *p)
  * shared buffer <note> (an inherited free: refused) + exit(), 7 exit().
  * Odd workers use socketpairs, even ones BIO pairs.
  */
-static void worker(int w, struct shared_set *s, int ready_fd, char *note)
+static void worker(int w, struct ft_shared *s, int ready_fd, char *note)
 {
     alarm(60);
     char err[256] = "";
@@ -179,10 +142,10 @@ static void worker(int w, struct shared_set *s, int ready_fd, char *note)
 static void case_verify(const void *a, const void *b)
 {
     (void)a, (void)b;
-    init_or_die(NULL);
+    ft_init_or_die(NULL);
     struct ossl_mem_stats s0 = stats();
-    struct shared_set s;
-    if (build_shared(&s, 0) != 0) {
+    struct ft_shared s;
+    if (ft_build_shared(&s, 0) != 0) {
         printf("FAIL: building the shared contexts\n");
         exit(1);
     }
@@ -256,7 +219,7 @@ static void case_verify(const void *a, const void *b)
 static void case_rsa(const void *a, const void *b)
 {
     (void)a, (void)b;
-    init_or_die(NULL);
+    ft_init_or_die(NULL);
     struct omt_pki pki;
     struct omt_opts o = {0, OMT_VERIFY_MUTUAL};
     ossl_mem_shared_begin();
@@ -306,7 +269,7 @@ static void case_rsa(const void *a, const void *b)
 static void case_unregistered(const void *a, const void *b)
 {
     (void)a, (void)b;
-    init_or_die(NULL);
+    ft_init_or_die(NULL);
     struct omt_pki pki;
     struct omt_opts o = {0, OMT_VERIFY_MUTUAL};
     ossl_mem_shared_begin();
@@ -352,9 +315,9 @@ static void case_unregistered(const void *a, const void *b)
  */
 static int hammer_store(const char *options)
 {
-    init_or_die(options);
-    struct shared_set s;
-    if (build_shared(&s, 0) != 0) {
+    ft_init_or_die(options);
+    struct ft_shared s;
+    if (ft_build_shared(&s, 0) != 0) {
         printf("FAIL: building the shared contexts\n");
         exit(1);
     }
@@ -407,7 +370,7 @@ static void case_locks(const void *a, const void *b)
 static void case_robust(const void *a, const void *b)
 {
     (void)a, (void)b;
-    init_or_die(NULL);
+    ft_init_or_die(NULL);
     ossl_mem_shared_begin(); /* the warm-up, before anyone holds the lock */
     ossl_mem_shared_end();
     fflush(NULL);
@@ -503,10 +466,10 @@ static void reload_worker(struct board *bd)
 /* A generation: PKI, contexts and the record itself in one scope, so they go away together. */
 static struct gen *new_gen(int number)
 {
-    struct shared_set s;
+    struct ft_shared s;
     ossl_mem_shared_begin();
     struct gen *g = OPENSSL_zalloc(sizeof *g);
-    int rc = build_shared(&s, 0);
+    int rc = ft_build_shared(&s, 0);
     ossl_mem_shared_end();
     if (!g || rc != 0)
         return NULL;
@@ -583,7 +546,7 @@ static __attribute__((noinline)) void reload_cycles(struct board *bd, struct rel
 static void case_reload(const void *a, const void *b)
 {
     (void)a, (void)b;
-    init_or_die(NULL);
+    ft_init_or_die(NULL);
     struct board *bd = mmap(NULL, sizeof *bd, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
                             -1, 0);
     if (bd == MAP_FAILED)
@@ -621,7 +584,7 @@ static void case_reload(const void *a, const void *b)
 static void case_exhaust(const void *a, const void *b)
 {
     (void)a, (void)b;
-    init_or_die("shared=2M");
+    ft_init_or_die("shared=2M");
     struct omt_pki pki;
     struct omt_opts o = {0, OMT_VERIFY_MUTUAL};
     ossl_mem_shared_begin();
@@ -662,9 +625,9 @@ static void case_exhaust(const void *a, const void *b)
 static void case_scan(const void *a, const void *b)
 {
     (void)a, (void)b;
-    init_or_die(NULL);
-    struct shared_set s;
-    if (build_shared(&s, 0) != 0)
+    ft_init_or_die(NULL);
+    struct ft_shared s;
+    if (ft_build_shared(&s, 0) != 0)
         exit(1);
     ossl_mem_shared_begin();
     void **slot = OPENSSL_zalloc(64);
@@ -705,9 +668,9 @@ static void case_scan(const void *a, const void *b)
 static void case_unprepared(const void *a, const void *b)
 {
     (void)a, (void)b;
-    init_or_die("no-shared-prepare");
-    struct shared_set s;
-    if (build_shared(&s, 0) != 0)
+    ft_init_or_die("no-shared-prepare");
+    struct ft_shared s;
+    if (ft_build_shared(&s, 0) != 0)
         exit(1);
     pid_t pid[4];
     fflush(NULL);
@@ -739,7 +702,7 @@ static void case_unprepared(const void *a, const void *b)
 static void case_inherited_abort(const void *a, const void *b)
 {
     (void)a, (void)b;
-    init_or_die("on-error=abort");
+    ft_init_or_die("on-error=abort");
     ossl_mem_shared_begin();
     char *note = OPENSSL_strdup("kept by the parent");
     ossl_mem_shared_end();

@@ -354,6 +354,33 @@ void om_arena_walk(om_chunk_fn fn, void *arg)
     }
 }
 
+/*
+ * The live arena chunk whose user area holds address <p> (any address
+ * inside it, not only its start), found by walking the bitmap back from
+ * <p> for at most 64 KiB; NULL if none. For reports only: not under the lock.
+ */
+const struct om_chunk *om_arena_chunk_at(const void *p)
+{
+    if (!A || !om_in_arena(p))
+        return NULL;
+    size_t off = (size_t)((const char *)p - om_g.arena_lo);
+    size_t i = off / 16, stop = i > 4096 ? i - 4096 : 0;
+    for (;; i--) {
+        if (bit_get(i)) {
+            const struct om_chunk *h = (const struct om_chunk *)(om_g.arena_lo + i * 16);
+            uint64_t w0, w1;
+            om_hdr_load(h, &w0, &w1);
+            if (!om_hdr_valid(h, w0, w1) || h->state != OM_ST_LIVE)
+                return NULL;
+            size_t cap = h->cls < OM_NCLS ? om_cls[h->cls].size
+                         : h->cls == OM_CLS_LARGE ? chunk_cap(h) : 0;
+            return off < i * 16 + 16 + cap ? h : NULL;
+        }
+        if (i == stop)
+            return NULL;
+    }
+}
+
 /* A new id for a process or a private generation (never 0). */
 uint16_t om_arena_new_id(void)
 {
@@ -440,6 +467,7 @@ void om_arena_stats(struct ossl_mem_stats *st)
     st->shared_live_chunks = __atomic_load_n(&A->live_chunks, __ATOMIC_RELAXED);
     st->shared_failed = atomic_load(&A->failed);
     st->shared_lock_repairs = atomic_load(&A->repairs);
+    st->shared_locks_recovered = atomic_load(&A->locks_recovered);
     for (int c = 0; c < OM_MAXCTX; c++)
         st->shared_contexts += __atomic_load_n(&A->ctxs[c].state, __ATOMIC_RELAXED) != 0;
 }

@@ -220,7 +220,7 @@ int ossl_mem_init(const struct ossl_mem_config *cfg)
     }
     om_g.locks_interposed = om_locks_check();
     if (om_g.arena && om_g.opt.shared_locks && !om_g.locks_interposed)
-        om_msg("OpenSSL's locks cannot be made process-shared: its pthread_rwlock_init() calls "
+        om_msg("OpenSSL's locks cannot be made process-shared: its pthread_rwlock_* calls "
                "do not reach libossl_mem.so (link it as a shared library before libcrypto, or "
                "LD_PRELOAD it); shared scopes will be refused, private pools work");
     atexit(om_shared_exit);

@@ -1,5 +1,8 @@
-/* locks.c - process-shared OpenSSL locks (O5): pthread_rwlock_init and pthread_mutex_init interposed for the arena. */
+/* locks.c - OpenSSL's locks in the arena: process-shared and robust (a dead holder is recovered); every other lock goes to libc. */
 #include <dlfcn.h>
+#include <signal.h>
+#include <stdio.h>
+#include <time.h>
 
 #include <openssl/crypto.h>
 
@@ -7,53 +10,261 @@
 
 /*
  * OpenSSL 3.x makes every lock with CRYPTO_THREAD_lock_new(): an
- * OPENSSL_zalloc() followed by pthread_rwlock_init(lock, NULL), a
- * process-private rwlock. One that lives in the shared arena is used by
- * several processes, and a waiter in one process is then never woken by an
- * unlock in another (measured: DESIGN.md section 1). So the shared library
- * defines pthread_rwlock_init and pthread_mutex_init: for a lock inside the
- * arena they add PTHREAD_PROCESS_SHARED to the attributes; for every other
- * lock they change nothing. Every other pthread function goes to libc
- * untouched. The definitions reach libcrypto's calls when libossl_mem.so
- * comes before libc in the lookup order (it does when the program links
- * it, or with LD_PRELOAD); ossl_mem_init() checks that with a real
- * CRYPTO_THREAD_lock_new() call. They exist only in the shared library
- * (PIC): a static link keeps libc's, and shared scopes are then refused.
+ * OPENSSL_zalloc() of a pthread_rwlock_t followed by pthread_rwlock_init(lock,
+ * NULL), a process-private rwlock. One that lives in the shared arena is
+ * used by several processes, which breaks it twice over:
+ *
+ * 1. A waiter in one process is never woken by an unlock in another (a
+ *    private rwlock uses private futexes). Measured: a default rwlock in a
+ *    MAP_SHARED page, write-locked by one process, waited for by a second,
+ *    released by the first: the second never wakes.
+ * 2. A process that dies holding it (a segfault elsewhere, the OOM killer,
+ *    kill -9, at any instruction) leaves it held forever: POSIX has no
+ *    robust rwlocks, so every sibling, every new worker and the master
+ *    block on it at their next certificate lookup.
+ *
+ * So the shared library defines the pthread_rwlock_* functions. A lock that
+ * is not in the arena (every lock of a process that has no shared scope,
+ * and every private lock of one that has) goes to libc's function at once:
+ * one subtraction, one compare and a tail call. A lock that
+ * pthread_rwlock_init() sees in the arena becomes an om_rlock instead
+ * (below): a robust, process-shared, recursive mutex in the rwlock's own 56
+ * bytes, plus a magic word that tells the other functions it is one.
+ *
+ * Why a recursive mutex and not a reader-writer lock:
+ * - Robustness comes from the kernel: a robust mutex is on its owner
+ *   thread's robust list (set_robust_list(2)), which the kernel walks when
+ *   the thread dies, at whatever instruction; glibc marks the list entry it
+ *   is adding or removing as "pending" before it touches the futex word, so
+ *   a death in the middle of acquiring or releasing is covered too. The
+ *   next locker gets EOWNERDEAD, and waiters are woken: nobody sleeps
+ *   forever, and nothing waits for the master's waitpid(). A reader-writer
+ *   lock has no such list (readers are anonymous), so it would need a
+ *   table of readers and liveness polling to give the same guarantee.
+ * - Readers then exclude each other. OpenSSL allows for that: where it has
+ *   no rwlock (its threads_pthread.c without USE_RWLOCK, used on some
+ *   platforms) every CRYPTO_RWLOCK is a plain mutex, so its lock order
+ *   never relies on two readers holding one lock at once. The locks that
+ *   land in the arena (the SSL_CTX's, its X509_STORE's, the certificates'
+ *   and keys') are held for a few hundred instructions per use; README
+ *   "Robust locks" has the measurement that chose this.
+ * - Recursive, because an rwlock lets one thread take a read lock it
+ *   already holds, and OpenSSL does.
+ * The mutex's owner died bit tells that a holder died; which process it was
+ * is kept in <holder>, set after each acquisition and cleared before the
+ * last release (a death between the mutex operation and that store makes
+ * the report say "unknown": the lock itself is recovered either way).
+ *
+ * pthread_mutex_init() on a mutex in the arena adds process-shared and
+ * robust; pthread_mutex_lock() and its try/timed/clock variants recover an
+ * arena mutex whose holder died the same way. libcrypto 3.0 makes no
+ * mutexes (it imports none of these), so that part serves other code.
+ *
+ * The definitions reach libcrypto's calls when libossl_mem.so comes before
+ * libc in the lookup order (it does when the program links it, or with
+ * LD_PRELOAD); ossl_mem_init() checks that with real CRYPTO_THREAD_* calls.
+ * They exist only in the shared library (PIC): a static link keeps libc's,
+ * and shared scopes are then refused.
  */
 
-_Atomic uint64_t om_lock_inits_shared;     /* locks made process-shared in this process */
+_Atomic uint64_t om_lock_inits_shared;      /* locks made process-shared in this process */
 static __thread const void *last_rwlock;    /* last rwlock initialised by this thread */
+static int test_stop;                       /* OSSL_MEM_TEST_LOCK_*: where to stop (tests) */
+
+#define RLOCK_MAGIC 0x6B6C726Fu /* "orlk" */
+#define RL_REPORTED 1u
+
+/*
+ * A lock of the arena, laid over the caller's pthread_rwlock_t:
+ *
+ *   0                                      40      44      48      52   56
+ *   +--------------------------------------+-------+-------+-------+----+
+ *   | pthread_mutex_t: robust, pshared,    | magic | holder| flags | -  |
+ *   | recursive                            |       | (pid) |       |    |
+ *   +--------------------------------------+-------+-------+-------+----+
+ */
+struct om_rlock {
+    pthread_mutex_t m;          /* the lock itself */
+    uint32_t magic;             /* RLOCK_MAGIC while initialised by us */
+    _Atomic int32_t holder;     /* pid of the process holding <m> (0: none or unknown) */
+    _Atomic uint32_t flags;     /* RL_REPORTED: its recovery was reported once */
+    uint32_t unused;
+};
+_Static_assert(sizeof(struct om_rlock) <= sizeof(pthread_rwlock_t),
+               "a robust lock must fit in the caller's pthread_rwlock_t");
+
+/*
+ * Whether <l> is one of our locks: inside the arena's chunk area and
+ * marked. The range test alone decides for every private lock (and for
+ * every lock of a process without an arena: the range is empty then).
+ */
+static inline struct om_rlock *rlock_of(const void *l)
+{
+    if (OM_LIKELY(!om_in_arena(l)))
+        return NULL;
+    struct om_rlock *r = (struct om_rlock *)l;
+    return __atomic_load_n(&r->magic, __ATOMIC_RELAXED) == RLOCK_MAGIC ? r : NULL;
+}
+
+/*
+ * Says that a lock of the arena was found abandoned by a dead holder: counts
+ * it (arena-wide, and in every registered context built in the same shared
+ * scope) and reports it once per lock, with the dead process, the OpenSSL
+ * site that allocated the lock and the first such context. <dead> is the
+ * pid the lock recorded, 0 if unknown. The caller made it consistent already.
+ */
+static OM_COLD void recovered(const void *lock, pid_t dead, _Atomic uint32_t *flags)
+{
+    struct om_arena *A = om_g.arena;
+    atomic_fetch_add(&A->locks_recovered, 1);
+    const struct om_chunk *h = om_arena_chunk_at(lock);
+    int ctx = -1;
+    for (int i = 0; i < OM_MAXCTX && h; i++)
+        if (__atomic_load_n(&A->ctxs[i].state, __ATOMIC_ACQUIRE) != OM_SCTX_FREE &&
+            A->ctxs[i].set == h->flags) {
+            atomic_fetch_add(&A->ctxs[i].locks_recovered, 1);
+            if (ctx < 0)
+                ctx = i;
+        }
+    if (flags && (atomic_fetch_or(flags, RL_REPORTED) & RL_REPORTED))
+        return;
+    char site[256] = "an unknown site", who[80] = "a process that died";
+    if (h)
+        om_site_str(h->asite, site, sizeof site);
+    if (dead > 0 && kill(dead, 0) == 0)
+        snprintf(who, sizeof who, "a thread of process %d, which exited holding it", (int)dead);
+    else if (dead > 0)
+        snprintf(who, sizeof who, "process %d, which died", (int)dead);
+    char where[96] = "no registered context";
+    if (ctx >= 0)
+        snprintf(where, sizeof where, "registered context %p", (void *)A->ctxs[ctx].ctx);
+    om_msg("OpenSSL lock %p in the shared arena (allocated at %s, %s) was held by %s: "
+           "recovered, the next locker has it (what it protects may be half-changed: "
+           "ossl_mem_ssl_ctx_locks_recovered() tells the owner to rebuild); reported once "
+           "per lock", lock, site, where, who);
+}
+
+/* Test hook: stops (SIGSTOP) the calling process at instant <where> of a robust lock operation. */
+static OM_COLD void test_stop_here(int where)
+{
+    if (__atomic_load_n(&test_stop, __ATOMIC_RELAXED) == where)
+        raise(SIGSTOP);
+}
+
+/*
+ * Completes an acquisition of robust lock <r> whose mutex operation returned
+ * <rc>: a dead holder's lock is made consistent and reported; the holder is
+ * recorded. Returns what the caller returns (0, or the mutex's error).
+ */
+static int rl_acquired(struct om_rlock *r, int rc)
+{
+    if (OM_UNLIKELY(rc == EOWNERDEAD)) {
+        pid_t dead = atomic_load_explicit(&r->holder, memory_order_relaxed);
+        if (pthread_mutex_consistent(&r->m) != 0)
+            return ENOTRECOVERABLE;
+        recovered(r, dead, &r->flags);
+        rc = 0;
+    }
+    if (rc != 0)
+        return rc;
+    if (OM_UNLIKELY(test_stop))
+        test_stop_here(OSSL_MEM_TEST_LOCK_ACQUIRED);
+    atomic_store_explicit(&r->holder, om_g.my_pid, memory_order_relaxed);
+    return 0;
+}
 
 #ifdef PIC
-typedef int (*rwlock_init_fn)(pthread_rwlock_t *, const pthread_rwlockattr_t *);
-typedef int (*mutex_init_fn)(pthread_mutex_t *, const pthread_mutexattr_t *);
+typedef int (*rw_fn)(pthread_rwlock_t *);
+typedef int (*rw_timed_fn)(pthread_rwlock_t *, const struct timespec *);
+typedef int (*rw_clock_fn)(pthread_rwlock_t *, clockid_t, const struct timespec *);
+typedef int (*mx_fn)(pthread_mutex_t *);
+typedef int (*mx_timed_fn)(pthread_mutex_t *, const struct timespec *);
+typedef int (*mx_clock_fn)(pthread_mutex_t *, clockid_t, const struct timespec *);
 
-static rwlock_init_fn real_rwlock_init;
-static mutex_init_fn real_mutex_init;
+/* libc's definitions: the next object after us in lookup order. */
+static struct {
+    int (*rwlock_init)(pthread_rwlock_t *, const pthread_rwlockattr_t *);
+    int (*mutex_init)(pthread_mutex_t *, const pthread_mutexattr_t *);
+    rw_fn rdlock, wrlock, tryrdlock, trywrlock, unlock, destroy;
+    rw_timed_fn timedrdlock, timedwrlock;
+    rw_clock_fn clockrdlock, clockwrlock;
+    mx_fn mlock, mtrylock;
+    mx_timed_fn mtimedlock;
+    mx_clock_fn mclocklock;
+    _Atomic int ready;
+} real;
 
-/* libc's definitions, found once (the next object after us in lookup order). */
-static void find_real(void)
+static void *find(const char *name)
 {
-    if (!real_rwlock_init)
-        real_rwlock_init = (rwlock_init_fn)dlsym(RTLD_NEXT, "pthread_rwlock_init");
-    if (!real_mutex_init)
-        real_mutex_init = (mutex_init_fn)dlsym(RTLD_NEXT, "pthread_mutex_init");
-    if (!real_rwlock_init || !real_mutex_init)
-        om_die(__FILE__, __LINE__, "dlsym(RTLD_NEXT) found no pthread_*_init in libc");
+    void *f = dlsym(RTLD_NEXT, name);
+    if (!f) {
+        char msg[128];
+        snprintf(msg, sizeof msg, "dlsym(RTLD_NEXT) found no %s in libc", name);
+        om_die(__FILE__, __LINE__, msg);
+    }
+    return f;
 }
+
+/* Finds libc's functions once (also from a constructor, before anybody locks). */
+static OM_COLD void find_real(void)
+{
+    real.rwlock_init = find("pthread_rwlock_init");
+    real.mutex_init = find("pthread_mutex_init");
+    real.rdlock = find("pthread_rwlock_rdlock");
+    real.wrlock = find("pthread_rwlock_wrlock");
+    real.tryrdlock = find("pthread_rwlock_tryrdlock");
+    real.trywrlock = find("pthread_rwlock_trywrlock");
+    real.unlock = find("pthread_rwlock_unlock");
+    real.destroy = find("pthread_rwlock_destroy");
+    real.timedrdlock = find("pthread_rwlock_timedrdlock");
+    real.timedwrlock = find("pthread_rwlock_timedwrlock");
+    real.clockrdlock = find("pthread_rwlock_clockrdlock");
+    real.clockwrlock = find("pthread_rwlock_clockwrlock");
+    real.mlock = find("pthread_mutex_lock");
+    real.mtrylock = find("pthread_mutex_trylock");
+    real.mtimedlock = find("pthread_mutex_timedlock");
+    real.mclocklock = find("pthread_mutex_clocklock");
+    atomic_store(&real.ready, 1);
+}
+
+__attribute__((constructor)) static void locks_ctor(void)
+{
+    if (!atomic_load(&real.ready))
+        find_real();
+}
+
+#define REAL(f) (OM_LIKELY(atomic_load_explicit(&real.ready, memory_order_acquire)) \
+                     ? real.f : (find_real(), real.f))
+
+#define EXPORT __attribute__((visibility("default")))
 
 static bool share_it(const void *lock)
 {
     return om_g.arena && om_g.opt.shared_locks && om_in_arena(lock);
 }
 
-__attribute__((visibility("default"))) int pthread_rwlock_init(pthread_rwlock_t *l,
-                                                               const pthread_rwlockattr_t *a)
+EXPORT int pthread_rwlock_init(pthread_rwlock_t *l, const pthread_rwlockattr_t *a)
 {
-    find_real();
     last_rwlock = l;
     if (!share_it(l))
-        return real_rwlock_init(l, a);
+        return REAL(rwlock_init)(l, a);
+    if (om_g.opt.robust_locks) {
+        struct om_rlock *r = (struct om_rlock *)l;
+        pthread_mutexattr_t ma;
+        pthread_mutexattr_init(&ma);
+        pthread_mutexattr_setpshared(&ma, PTHREAD_PROCESS_SHARED);
+        pthread_mutexattr_setrobust(&ma, PTHREAD_MUTEX_ROBUST);
+        pthread_mutexattr_settype(&ma, PTHREAD_MUTEX_RECURSIVE);
+        memset(r, 0, sizeof *r);
+        int rc = REAL(mutex_init)(&r->m, &ma);
+        pthread_mutexattr_destroy(&ma);
+        if (rc == 0) {
+            __atomic_store_n(&r->magic, RLOCK_MAGIC, __ATOMIC_RELEASE);
+            atomic_fetch_add(&om_lock_inits_shared, 1);
+        }
+        return rc;
+    }
+    /* no-robust-locks: libc's rwlock, process-shared (the lock a dead holder keeps forever) */
     pthread_rwlockattr_t sa;
     pthread_rwlockattr_init(&sa);
     if (a) {
@@ -62,19 +273,112 @@ __attribute__((visibility("default"))) int pthread_rwlock_init(pthread_rwlock_t 
             pthread_rwlockattr_setkind_np(&sa, kind);
     }
     pthread_rwlockattr_setpshared(&sa, PTHREAD_PROCESS_SHARED);
-    int rc = real_rwlock_init(l, &sa);
+    int rc = REAL(rwlock_init)(l, &sa);
     pthread_rwlockattr_destroy(&sa);
     if (rc == 0)
         atomic_fetch_add(&om_lock_inits_shared, 1);
     return rc;
 }
 
-__attribute__((visibility("default"))) int pthread_mutex_init(pthread_mutex_t *m,
-                                                              const pthread_mutexattr_t *a)
+EXPORT int pthread_rwlock_rdlock(pthread_rwlock_t *l)
 {
-    find_real();
+    struct om_rlock *r = rlock_of(l);
+    if (OM_LIKELY(!r))
+        return REAL(rdlock)(l);
+    return rl_acquired(r, REAL(mlock)(&r->m));
+}
+
+EXPORT int pthread_rwlock_wrlock(pthread_rwlock_t *l)
+{
+    struct om_rlock *r = rlock_of(l);
+    if (OM_LIKELY(!r))
+        return REAL(wrlock)(l);
+    return rl_acquired(r, REAL(mlock)(&r->m));
+}
+
+EXPORT int pthread_rwlock_tryrdlock(pthread_rwlock_t *l)
+{
+    struct om_rlock *r = rlock_of(l);
+    if (OM_LIKELY(!r))
+        return REAL(tryrdlock)(l);
+    return rl_acquired(r, REAL(mtrylock)(&r->m));
+}
+
+EXPORT int pthread_rwlock_trywrlock(pthread_rwlock_t *l)
+{
+    struct om_rlock *r = rlock_of(l);
+    if (OM_LIKELY(!r))
+        return REAL(trywrlock)(l);
+    return rl_acquired(r, REAL(mtrylock)(&r->m));
+}
+
+EXPORT int pthread_rwlock_timedrdlock(pthread_rwlock_t *l, const struct timespec *t)
+{
+    struct om_rlock *r = rlock_of(l);
+    if (OM_LIKELY(!r))
+        return REAL(timedrdlock)(l, t);
+    return rl_acquired(r, REAL(mtimedlock)(&r->m, t));
+}
+
+EXPORT int pthread_rwlock_timedwrlock(pthread_rwlock_t *l, const struct timespec *t)
+{
+    struct om_rlock *r = rlock_of(l);
+    if (OM_LIKELY(!r))
+        return REAL(timedwrlock)(l, t);
+    return rl_acquired(r, REAL(mtimedlock)(&r->m, t));
+}
+
+EXPORT int pthread_rwlock_clockrdlock(pthread_rwlock_t *l, clockid_t c, const struct timespec *t)
+{
+    struct om_rlock *r = rlock_of(l);
+    if (OM_LIKELY(!r))
+        return REAL(clockrdlock)(l, c, t);
+    return rl_acquired(r, REAL(mclocklock)(&r->m, c, t));
+}
+
+EXPORT int pthread_rwlock_clockwrlock(pthread_rwlock_t *l, clockid_t c, const struct timespec *t)
+{
+    struct om_rlock *r = rlock_of(l);
+    if (OM_LIKELY(!r))
+        return REAL(clockwrlock)(l, c, t);
+    return rl_acquired(r, REAL(mclocklock)(&r->m, c, t));
+}
+
+/*
+ * The holder is cleared before the last release (glibc keeps a recursive
+ * mutex's depth in __count), and put back if the release fails (EPERM: the
+ * caller did not hold it).
+ */
+EXPORT int pthread_rwlock_unlock(pthread_rwlock_t *l)
+{
+    struct om_rlock *r = rlock_of(l);
+    if (OM_LIKELY(!r))
+        return REAL(unlock)(l);
+    int32_t was = atomic_load_explicit(&r->holder, memory_order_relaxed);
+    bool last = r->m.__data.__count <= 1;
+    if (last)
+        atomic_store_explicit(&r->holder, 0, memory_order_relaxed);
+    if (OM_UNLIKELY(test_stop))
+        test_stop_here(OSSL_MEM_TEST_LOCK_RELEASING);
+    int rc = pthread_mutex_unlock(&r->m);
+    if (rc != 0 && last)
+        atomic_store_explicit(&r->holder, was, memory_order_relaxed);
+    return rc;
+}
+
+EXPORT int pthread_rwlock_destroy(pthread_rwlock_t *l)
+{
+    struct om_rlock *r = rlock_of(l);
+    if (OM_LIKELY(!r))
+        return REAL(destroy)(l);
+    __atomic_store_n(&r->magic, 0, __ATOMIC_RELEASE);
+    return pthread_mutex_destroy(&r->m);
+}
+
+EXPORT int pthread_mutex_init(pthread_mutex_t *m, const pthread_mutexattr_t *a)
+{
     if (!share_it(m))
-        return real_mutex_init(m, a);
+        return REAL(mutex_init)(m, a);
     pthread_mutexattr_t sa;
     pthread_mutexattr_init(&sa);
     if (a) {
@@ -87,18 +391,82 @@ __attribute__((visibility("default"))) int pthread_mutex_init(pthread_mutex_t *m
             pthread_mutexattr_setrobust(&sa, v);
     }
     pthread_mutexattr_setpshared(&sa, PTHREAD_PROCESS_SHARED);
-    int rc = real_mutex_init(m, &sa);
+    if (om_g.opt.robust_locks)
+        pthread_mutexattr_setrobust(&sa, PTHREAD_MUTEX_ROBUST);
+    int rc = REAL(mutex_init)(m, &sa);
     pthread_mutexattr_destroy(&sa);
     if (rc == 0)
         atomic_fetch_add(&om_lock_inits_shared, 1);
     return rc;
 }
+
+/*
+ * A mutex lock of any kind returned <rc>: an arena mutex whose holder died
+ * is made consistent and reported, and the caller gets it as if nothing had
+ * happened. Any other mutex (including the arena's own lock, which is not
+ * in the chunk area and repairs itself, and an application's robust
+ * mutexes) keeps libc's answer.
+ */
+static inline int mx_acquired(pthread_mutex_t *m, int rc)
+{
+    if (OM_LIKELY(rc != EOWNERDEAD) || !om_in_arena(m) || !om_g.opt.robust_locks)
+        return rc;
+    if (pthread_mutex_consistent(m) != 0)
+        return ENOTRECOVERABLE;
+    recovered(m, 0, NULL);
+    return 0;
+}
+
+EXPORT int pthread_mutex_lock(pthread_mutex_t *m)
+{
+    return mx_acquired(m, REAL(mlock)(m));
+}
+
+EXPORT int pthread_mutex_trylock(pthread_mutex_t *m)
+{
+    return mx_acquired(m, REAL(mtrylock)(m));
+}
+
+EXPORT int pthread_mutex_timedlock(pthread_mutex_t *m, const struct timespec *t)
+{
+    return mx_acquired(m, REAL(mtimedlock)(m, t));
+}
+
+EXPORT int pthread_mutex_clocklock(pthread_mutex_t *m, clockid_t c, const struct timespec *t)
+{
+    return mx_acquired(m, REAL(mclocklock)(m, c, t));
+}
+#endif
+
+#ifdef PIC
+/*
+ * Whether libcrypto's lock operations reach ours: a robust lock made in a
+ * chunk of the arena is read-locked, write-locked and released through
+ * OpenSSL's own CRYPTO_THREAD_* calls, and each step must show in the lock.
+ */
+static bool ops_reach_us(void)
+{
+    void *p = om_arena_alloc(sizeof(pthread_rwlock_t), OM_SITE_NONE, 0, 0, om_g.proc_id);
+    if (!p)
+        return false;
+    struct om_rlock *r = p;
+    bool ok = pthread_rwlock_init(p, NULL) == 0 && rlock_of(p) == r;
+    ok = ok && CRYPTO_THREAD_read_lock(p) && atomic_load(&r->holder) == om_g.my_pid &&
+         CRYPTO_THREAD_unlock(p) && atomic_load(&r->holder) == 0;
+    ok = ok && CRYPTO_THREAD_write_lock(p) && atomic_load(&r->holder) == om_g.my_pid &&
+         CRYPTO_THREAD_unlock(p) && atomic_load(&r->holder) == 0;
+    if (rlock_of(p))
+        pthread_rwlock_destroy(p);
+    om_arena_free(om_hdr(p), OM_SITE_NONE);
+    return ok;
+}
 #endif
 
 /*
- * Whether libcrypto's pthread_rwlock_init() calls reach the definition
- * above: makes and frees one OpenSSL lock and looks whether we saw it.
- * Runs after our hooks are installed (the lock is allocated by us).
+ * Whether libcrypto's lock calls reach the definitions above: makes and
+ * frees one OpenSSL lock and looks whether we saw its initialisation; with
+ * robust locks, also whether its lock operations reach us. Runs after our
+ * hooks are installed (the lock is allocated by us).
  */
 bool om_locks_check(void)
 {
@@ -106,5 +474,32 @@ bool om_locks_check(void)
     CRYPTO_RWLOCK *l = CRYPTO_THREAD_lock_new();
     bool ok = l && last_rwlock == (const void *)l;
     CRYPTO_THREAD_lock_free(l);
+#ifdef PIC
+    if (ok && om_g.arena && om_g.opt.shared_locks && om_g.opt.robust_locks)
+        ok = ops_reach_us();
+#endif
     return ok;
+}
+
+/* Test hook (documented in ossl_mem.h). */
+int ossl_mem_test_lock_stop(int where)
+{
+    if (where < 0 || where > OSSL_MEM_TEST_LOCK_RELEASING)
+        return OSSL_MEM_E_INVAL;
+    __atomic_store_n(&test_stop, where, __ATOMIC_RELAXED);
+    return 0;
+}
+
+int ossl_mem_ssl_ctx_locks_recovered(struct ssl_ctx_st *ctx)
+{
+    if (!om_g.ready)
+        return OSSL_MEM_E_NOT_INIT;
+    if (!om_g.arena)
+        return OSSL_MEM_E_NO_ARENA;
+    for (int i = 0; i < OM_MAXCTX; i++) {
+        const struct om_sctx *e = &om_g.arena->ctxs[i];
+        if (__atomic_load_n(&e->state, __ATOMIC_ACQUIRE) != OM_SCTX_FREE && e->ctx == ctx)
+            return (int)atomic_load(&e->locks_recovered);
+    }
+    return OSSL_MEM_E_UNKNOWN;
 }

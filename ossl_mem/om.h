@@ -202,6 +202,7 @@ struct om_opts {
     size_t reserve;         /* private address space to reserve */
     size_t shared;          /* bytes of the shared arena (0: none) */
     bool shared_locks;      /* make OpenSSL's locks in the arena process-shared */
+    bool robust_locks;      /* ... and robust: a dead holder's lock is recovered (locks.c) */
     bool shared_prepare;    /* warm-up before the first scope, lazy fill at registration */
     /* debugging options: any of them installs the checking entry points (debug.c) */
     bool poison;            /* fill new chunks with <poison_byte> */
@@ -338,6 +339,7 @@ struct om_sctx {
     uint16_t owner_id;          /* owner's process id */
     int32_t owner_slot;         /* owner's process slot */
     uint32_t refoff;            /* offset of OpenSSL's reference count in the context */
+    _Atomic uint32_t locks_recovered; /* locks of its scope recovered from a dead holder */
     uint64_t holders[OM_MAXPROC / 64]; /* process slots that may still use it */
 };
 
@@ -355,6 +357,7 @@ struct om_arena {
     uint64_t large_free;        /* free large chunks: offset + 1 of the first, 0 none */
     _Atomic uint64_t failed;    /* allocations refused: arena full */
     _Atomic uint64_t repairs;   /* abandoned locks repaired */
+    _Atomic uint64_t locks_recovered; /* OpenSSL locks of the arena recovered from a dead holder */
     _Atomic uint32_t next_id;   /* process ids and private generations */
     uint8_t next_set;           /* shared scope ids */
     uint16_t pending[256];      /* per set: id of the process that must reclaim what is left of it
@@ -677,6 +680,7 @@ OM_HIDDEN pid_t om_arena_id_pid(uint16_t id);
 OM_HIDDEN void om_arena_fork_child(void);
 OM_HIDDEN void om_arena_stats(struct ossl_mem_stats *st);
 OM_HIDDEN bool om_site_private(uint16_t site);
+OM_HIDDEN const struct om_chunk *om_arena_chunk_at(const void *p);
 
 /* shared.c: scopes, warm-up, shared contexts, reclamation */
 OM_HIDDEN void om_shared_fork_child(void);

@@ -43,6 +43,11 @@ static const struct option table[] = {
     {"shared-locks", K_BOOL, "on",
      "make OpenSSL's locks that live in the arena process-shared; without it a worker can "
      "wait forever for a lock a sibling released (testing only)", F(shared_locks)},
+    {"robust-locks", K_BOOL, "on",
+     "make those locks robust as well (OpenSSL's rwlocks in the arena become robust "
+     "recursive mutexes): a worker that dies holding one, at any instruction, leaves it to "
+     "the next locker instead of blocking everyone; off only to show the hang",
+     F(robust_locks)},
     {"shared-prepare", K_BOOL, "on",
      "warm OpenSSL up privately before the first shared scope and fill a context's lazily "
      "computed state (and RSA blinding) at registration; off only to show what fails without",
@@ -90,6 +95,7 @@ void om_opts_default(struct om_opts *o)
     o->reserve = (size_t)32 << 30;
     o->shared = (size_t)64 << 20;
     o->shared_locks = true;
+    o->robust_locks = true;
     o->shared_prepare = true;
     o->caller = true;
     o->poison_byte = 0x50;

@@ -142,6 +142,8 @@ struct ossl_mem_stats {
     uint64_t lock_inits_shared; /* OpenSSL locks made process-shared (this process) */
     uint64_t fail_points;       /* allocation calls seen by failure injection (option fail=) */
     uint64_t injected_failures; /* of those, failed on purpose (counted in failed_allocs too) */
+    uint64_t shared_locks_recovered; /* OpenSSL locks in the arena whose holder died, recovered
+                                        (all processes; option robust-locks) */
 };
 
 /* Fills <st>. Returns 0 or OSSL_MEM_E_NOT_INIT / OSSL_MEM_E_INVAL. */
@@ -238,6 +240,26 @@ OSSL_MEM_API int ossl_mem_is_shared(const void *p);
  * the number of contexts destroyed.
  */
 OSSL_MEM_API int ossl_mem_share_ssl_ctx(struct ssl_ctx_st *ctx);
+
+/*
+ * Locks of shared objects and dead workers. OpenSSL's locks that live in
+ * the arena (the context's, its trust store's, its certificates' and keys')
+ * are robust (option robust-locks, on by default): when a process dies
+ * holding one, at any instruction (a crash, the OOM killer, kill -9), the
+ * next locker in any process gets it, and no waiter sleeps forever. That
+ * needs no call from the master. Each recovery is counted in
+ * shared_locks_recovered and reported once per lock with the dead pid, the
+ * OpenSSL site that allocated the lock and its registered context.
+ * A holder that died while writing may have left the structure the lock
+ * protects half-changed (a certificate half inserted into the trust store,
+ * say). ossl_mem_ssl_ctx_locks_recovered(ctx) returns how many locks of the
+ * shared scope that built <ctx> were recovered since it was registered (or
+ * OSSL_MEM_E_UNKNOWN, OSSL_MEM_E_NOT_INIT, OSSL_MEM_E_NO_ARENA): an owner
+ * that sees it above 0 should build a new context, publish it and retire
+ * this one, as for a reload (examples/prefork_server.c does). Readers of one
+ * lock in different processes exclude each other (README "Robust locks").
+ */
+OSSL_MEM_API int ossl_mem_ssl_ctx_locks_recovered(struct ssl_ctx_st *ctx);
 OSSL_MEM_API int ossl_mem_retire_ssl_ctx(struct ssl_ctx_st *ctx);
 OSSL_MEM_API int ossl_mem_ssl_ctx_done(struct ssl_ctx_st *ctx);
 OSSL_MEM_API int ossl_mem_worker_exited(pid_t pid);
@@ -260,6 +282,18 @@ OSSL_MEM_API int ossl_mem_fail_at(uint64_t nth);
  * next locker to repair). Returns 0 or OSSL_MEM_E_NO_ARENA.
  */
 OSSL_MEM_API int ossl_mem_test_hold_arena_lock(void);
+
+/*
+ * For tests of the robust OpenSSL locks only: from now on, the calling
+ * process stops itself (SIGSTOP) at instant <where> of every operation on a
+ * robust lock of the arena, so that a test can kill it there:
+ * OSSL_MEM_TEST_LOCK_ACQUIRED (the lock is taken, its holder not yet
+ * recorded) or OSSL_MEM_TEST_LOCK_RELEASING (the holder is cleared, the
+ * lock not yet released); 0 turns it off. Returns 0 or OSSL_MEM_E_INVAL.
+ */
+#define OSSL_MEM_TEST_LOCK_ACQUIRED  1
+#define OSSL_MEM_TEST_LOCK_RELEASING 2
+OSSL_MEM_API int ossl_mem_test_lock_stop(int where);
 
 /*
  * Writes a report to <out>: totals, per-tag figures, the top OpenSSL

@@ -18,7 +18,7 @@
     X(uaf_writes) X(corrupt_headers) X(shared_size) X(shared_used) X(shared_live_chunks) \
     X(private_mapped) X(quarantine_bytes) X(quarantine_chunks) X(large_chunks) \
     X(hooks_replaced) X(threads) X(shared_peak) X(shared_failed) X(shared_lock_repairs) \
-    X(shared_contexts) X(shared_reclaimed) X(lock_inits_shared)
+    X(shared_contexts) X(shared_reclaimed) X(lock_inits_shared) X(shared_locks_recovered)
 
 struct live_ent {
     uintptr_t ptr;      /* user pointer */
@@ -189,11 +189,12 @@ static void report_text(FILE *out, const struct ossl_mem_stats *st, struct agg *
     if (st->shared_size) {
         fprintf(out, "  shared    %s used of %s (peak %s) in %" PRIu64 " chunks, %" PRIu64
                 " contexts registered, %" PRIu64 " refused (full), %" PRIu64 " lock repairs, %"
-                PRIu64 " chunks reclaimed, %" PRIu64 " OpenSSL locks made process-shared\n",
+                PRIu64 " chunks reclaimed, %" PRIu64 " OpenSSL locks made process-shared, %"
+                PRIu64 " recovered from a dead holder\n",
                 human(st->shared_used, b1, sizeof b1), human(st->shared_size, b2, sizeof b2),
                 human(st->shared_peak, site, sizeof site), st->shared_live_chunks,
                 st->shared_contexts, st->shared_failed, st->shared_lock_repairs,
-                st->shared_reclaimed, st->lock_inits_shared);
+                st->shared_reclaimed, st->lock_inits_shared, st->shared_locks_recovered);
         fprintf(out, "top shared-arena sites by live bytes:\n");
         for (uint32_t i = 0; i < a->sh_nsites && i < TOP_SITES; i++) {
             uint16_t s = a->sh_order[i];
