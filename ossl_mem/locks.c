@@ -106,6 +106,28 @@ static inline struct om_rlock *rlock_of(const void *l)
     return __atomic_load_n(&r->magic, __ATOMIC_RELAXED) == RLOCK_MAGIC ? r : NULL;
 }
 
+/* What find_owner() looks for, and what it found. */
+struct owner_search {
+    uintptr_t lock;             /* the lock's address */
+    uint8_t set;                /* the shared scope of its chunk */
+    const struct om_chunk *found;
+};
+
+/* Whether live arena chunk <h> of the lock's scope holds a pointer to the lock. */
+static void find_owner(struct om_chunk *h, size_t usable, void *arg)
+{
+    struct owner_search *o = arg;
+    (void)usable;
+    if (o->found || h->state != OM_ST_LIVE || h->flags != o->set || h->size == UINT32_MAX)
+        return;
+    const uintptr_t *w = (const uintptr_t *)(h + 1);
+    for (size_t i = 0; i < h->size / sizeof *w; i++)
+        if (w[i] == o->lock) {
+            o->found = h;
+            return;
+        }
+}
+
 /*
  * Says that a lock of the arena was found abandoned by a dead holder: counts
  * it (arena-wide, and in every registered context built in the same shared
@@ -128,9 +150,18 @@ static OM_COLD void recovered(const void *lock, pid_t dead, _Atomic uint32_t *fl
         }
     if (flags && (atomic_fetch_or(flags, RL_REPORTED) & RL_REPORTED))
         return;
-    char site[256] = "an unknown site", who[80] = "a process that died";
+    char site[256] = "an unknown site", osite[256] = "", who[80] = "a process that died";
     if (h)
         om_site_str(h->asite, site, sizeof site);
+    /* every OpenSSL lock comes from one line: the object that points to it says more */
+    struct owner_search os = {(uintptr_t)(h + 1), h ? h->flags : 0, NULL};
+    if (h)
+        om_arena_walk(find_owner, &os);
+    if (os.found) {
+        char s2[200];
+        snprintf(osite, sizeof osite, ", of the object allocated at %s",
+                 om_site_str(os.found->asite, s2, sizeof s2));
+    }
     if (dead > 0 && kill(dead, 0) == 0)
         snprintf(who, sizeof who, "a thread of process %d, which exited holding it", (int)dead);
     else if (dead > 0)
@@ -138,10 +169,10 @@ static OM_COLD void recovered(const void *lock, pid_t dead, _Atomic uint32_t *fl
     char where[96] = "no registered context";
     if (ctx >= 0)
         snprintf(where, sizeof where, "registered context %p", (void *)A->ctxs[ctx].ctx);
-    om_msg("OpenSSL lock %p in the shared arena (allocated at %s, %s) was held by %s: "
+    om_msg("OpenSSL lock %p in the shared arena (allocated at %s%s, %s) was held by %s: "
            "recovered, the next locker has it (what it protects may be half-changed: "
            "ossl_mem_ssl_ctx_locks_recovered() tells the owner to rebuild); reported once "
-           "per lock", lock, site, where, who);
+           "per lock", lock, site, osite, where, who);
 }
 
 /* Test hook: stops (SIGSTOP) the calling process at instant <where> of a robust lock operation. */

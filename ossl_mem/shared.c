@@ -563,6 +563,8 @@ static void holders_clear_slot(int slot)
         om_g.arena->ctxs[c].holders[slot / 64] &= ~(1ull << (slot % 64));
 }
 
+static void purge_vanished(void);
+
 int ossl_mem_share_ssl_ctx(SSL_CTX *ctx)
 {
     if (!om_g.ready)
@@ -617,6 +619,13 @@ int ossl_mem_share_ssl_ctx(SSL_CTX *ctx)
                 e->holders[i / 64] |= 1ull << (i % 64);
         __atomic_store_n(&e->state, OM_SCTX_ACTIVE, __ATOMIC_RELEASE);
     }
+    /*
+     * A reload is the moment to collect what earlier generations left: contexts whose last
+     * holder went away unreported, and chunks that killed workers' references kept out of
+     * OpenSSL's reach (retried here so that a server that reloads stays bounded by itself).
+     */
+    purge_vanished();
+    om_shared_reclaim_locked();
     om_arena_unlock();
     return e ? 0 : OSSL_MEM_E_LIMIT;
 }
