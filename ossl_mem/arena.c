@@ -40,8 +40,8 @@ static inline struct om_chunk *at(uint64_t off) { return (struct om_chunk *)(om_
 static inline uint64_t off_of(const struct om_chunk *h) { return (uint64_t)((const char *)h - om_g.arena_lo); }
 static inline uint64_t *link_of(struct om_chunk *h) { return (uint64_t *)om_user(h); }
 
-/* Maps the arena of opt.shared bytes. Returns 0 or OSSL_MEM_E_NOMEM. */
-int om_arena_init(void)
+/* Bytes of the arena's mapping for option shared= (0: no arena). */
+size_t om_arena_map_size(void)
 {
     size_t size = om_g.opt.shared;
     if (size == 0)
@@ -49,11 +49,33 @@ int om_arena_init(void)
     size_t ctl = (sizeof(struct om_arena) + PAGE - 1) & ~(size_t)(PAGE - 1);
     if (size < ctl + 64 * PAGE)
         size = ctl + 64 * PAGE;
-    size = (size + PAGE - 1) & ~(size_t)(PAGE - 1);
+    return (size + PAGE - 1) & ~(size_t)(PAGE - 1);
+}
+
+/*
+ * Maps the arena of opt.shared bytes, at <where> (space the private region
+ * reserved for it right above itself, see om_pool_init) or, if NULL,
+ * wherever the system puts it. Returns 0 or OSSL_MEM_E_NOMEM.
+ */
+int om_arena_init(void *where)
+{
+    size_t size = om_arena_map_size();
+    if (size == 0)
+        return 0;
+    size_t ctl = (sizeof(struct om_arena) + PAGE - 1) & ~(size_t)(PAGE - 1);
     /* chunk area c and bitmap c/128 share what the control block leaves */
     size_t cap = ((size - ctl) / 129 * 128) & ~(size_t)(PAGE - 1);
     size_t bm = ((cap / 128) + PAGE - 1) & ~(size_t)(PAGE - 1);
-    void *m = om_map(size, true);
+    void *m = NULL;
+    if (where) {
+        int saved = errno;
+        m = mmap(where, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+        errno = saved;
+        if (m == MAP_FAILED)
+            m = NULL;
+    }
+    if (!m)
+        m = om_map(size, true);
     if (!m)
         return OSSL_MEM_E_NOMEM;
     A = m;

@@ -209,9 +209,11 @@ int ossl_mem_init(const struct ossl_mem_config *cfg)
     om_g.proc_id = 1;
     om_g.proc_slot = -1;
     om_g.my_pid = getpid();
+    /* the private region reserves the arena's place right above itself (pool.c) */
     if ((rc = om_site_init()) || (rc = om_pool_init()) || (rc = om_large_init()) ||
-        (rc = om_tc_init()) || (rc = om_arena_init()) || (rc = om_dbg_init()))
+        (rc = om_tc_init()) || (rc = om_arena_init(om_g.arena_at)) || (rc = om_dbg_init()))
         goto fail; /* mappings made so far stay: a process that cannot map 1 MiB is going down */
+    om_locks_init();
     pthread_atfork(fork_prepare, fork_parent, fork_child);
     if (om_dbg_on() ? !CRYPTO_set_mem_functions(om_dbg_malloc, om_dbg_realloc, om_dbg_free)
                     : !CRYPTO_set_mem_functions(om_malloc_cb, om_realloc_cb, om_free_cb)) {

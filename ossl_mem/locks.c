@@ -94,13 +94,40 @@ _Static_assert(sizeof(struct om_rlock) <= sizeof(pthread_rwlock_t),
                "a robust lock must fit in the caller's pthread_rwlock_t");
 
 /*
- * Whether <l> is one of our locks: inside the arena's chunk area and
- * marked. The range test alone decides for every private lock (and for
- * every lock of a process without an arena: the range is empty then).
+ * The lowest address of the arena's chunk area, or the highest address
+ * there is while there is no arena: every lock below it is private, which
+ * is one comparison on the path of every lock operation. The arena is
+ * mapped right above the private region, in the same reservation
+ * (pool.c), so OpenSSL's private locks, which live in the region, are below
+ * it; a lock above it (in a library's static data, on the main thread's
+ * stack, in a large chunk the system mapped higher) takes the full test in
+ * rlock_of().
  */
+static uintptr_t lock_lo = UINTPTR_MAX;
+
+/*
+ * Sets lock_lo from the arena: in ossl_mem_init(), once the arena is mapped
+ * and before any lock can be in it. A plain store (and plain loads below,
+ * which the compiler folds into the comparison): it changes once, before
+ * the first shared scope, and a thread that still sees the old value sends
+ * only private locks to libc, which is right for them.
+ */
+void om_locks_init(void)
+{
+    if (om_g.arena)
+        lock_lo = (uintptr_t)om_g.arena_lo;
+}
+
+/* Whether <l> may be one of our locks: one comparison, false for every private lock below the arena. */
+static inline bool maybe_ours(const void *l)
+{
+    return OM_UNLIKELY((uintptr_t)l >= lock_lo);
+}
+
+/* Whether <l> is one of our locks: inside the arena's chunk area and marked. */
 static inline struct om_rlock *rlock_of(const void *l)
 {
-    if (OM_LIKELY(!om_in_arena(l)))
+    if (!om_in_arena(l))
         return NULL;
     struct om_rlock *r = (struct om_rlock *)l;
     return __atomic_load_n(&r->magic, __ATOMIC_RELAXED) == RLOCK_MAGIC ? r : NULL;
@@ -212,8 +239,22 @@ typedef int (*mx_fn)(pthread_mutex_t *);
 typedef int (*mx_timed_fn)(pthread_mutex_t *, const struct timespec *);
 typedef int (*mx_clock_fn)(pthread_mutex_t *, clockid_t, const struct timespec *);
 
-/* libc's definitions: the next object after us in lookup order. */
-static struct {
+/*
+ * libc's definitions: the next object after us in lookup order. Each
+ * pointer starts at a stub that looks them all up and calls the real one,
+ * so that a lock operation made before our constructor (by another
+ * library's) works, and the hot path is one indirect jump with no test.
+ */
+static void find_real(void);
+
+#define LAZY(name, ret, params, args)                    \
+    static ret lazy_##name params                          \
+    {                                                      \
+        find_real();                                       \
+        return real.name args;                             \
+    }
+
+struct real_fns {
     int (*rwlock_init)(pthread_rwlock_t *, const pthread_rwlockattr_t *);
     int (*mutex_init)(pthread_mutex_t *, const pthread_mutexattr_t *);
     rw_fn rdlock, wrlock, tryrdlock, trywrlock, unlock, destroy;
@@ -222,8 +263,42 @@ static struct {
     mx_fn mlock, mtrylock;
     mx_timed_fn mtimedlock;
     mx_clock_fn mclocklock;
-    _Atomic int ready;
-} real;
+};
+
+static int lazy_rwlock_init(pthread_rwlock_t *, const pthread_rwlockattr_t *);
+static int lazy_mutex_init(pthread_mutex_t *, const pthread_mutexattr_t *);
+static int lazy_rdlock(pthread_rwlock_t *), lazy_wrlock(pthread_rwlock_t *);
+static int lazy_tryrdlock(pthread_rwlock_t *), lazy_trywrlock(pthread_rwlock_t *);
+static int lazy_unlock(pthread_rwlock_t *), lazy_destroy(pthread_rwlock_t *);
+static int lazy_timedrdlock(pthread_rwlock_t *, const struct timespec *);
+static int lazy_timedwrlock(pthread_rwlock_t *, const struct timespec *);
+static int lazy_clockrdlock(pthread_rwlock_t *, clockid_t, const struct timespec *);
+static int lazy_clockwrlock(pthread_rwlock_t *, clockid_t, const struct timespec *);
+static int lazy_mlock(pthread_mutex_t *), lazy_mtrylock(pthread_mutex_t *);
+static int lazy_mtimedlock(pthread_mutex_t *, const struct timespec *);
+static int lazy_mclocklock(pthread_mutex_t *, clockid_t, const struct timespec *);
+
+static struct real_fns real = {
+    lazy_rwlock_init, lazy_mutex_init, lazy_rdlock, lazy_wrlock, lazy_tryrdlock, lazy_trywrlock,
+    lazy_unlock, lazy_destroy, lazy_timedrdlock, lazy_timedwrlock, lazy_clockrdlock,
+    lazy_clockwrlock, lazy_mlock, lazy_mtrylock, lazy_mtimedlock, lazy_mclocklock};
+
+LAZY(rwlock_init, int, (pthread_rwlock_t *l, const pthread_rwlockattr_t *a), (l, a))
+LAZY(mutex_init, int, (pthread_mutex_t *m, const pthread_mutexattr_t *a), (m, a))
+LAZY(rdlock, int, (pthread_rwlock_t *l), (l))
+LAZY(wrlock, int, (pthread_rwlock_t *l), (l))
+LAZY(tryrdlock, int, (pthread_rwlock_t *l), (l))
+LAZY(trywrlock, int, (pthread_rwlock_t *l), (l))
+LAZY(unlock, int, (pthread_rwlock_t *l), (l))
+LAZY(destroy, int, (pthread_rwlock_t *l), (l))
+LAZY(timedrdlock, int, (pthread_rwlock_t *l, const struct timespec *t), (l, t))
+LAZY(timedwrlock, int, (pthread_rwlock_t *l, const struct timespec *t), (l, t))
+LAZY(clockrdlock, int, (pthread_rwlock_t *l, clockid_t c, const struct timespec *t), (l, c, t))
+LAZY(clockwrlock, int, (pthread_rwlock_t *l, clockid_t c, const struct timespec *t), (l, c, t))
+LAZY(mlock, int, (pthread_mutex_t *m), (m))
+LAZY(mtrylock, int, (pthread_mutex_t *m), (m))
+LAZY(mtimedlock, int, (pthread_mutex_t *m, const struct timespec *t), (m, t))
+LAZY(mclocklock, int, (pthread_mutex_t *m, clockid_t c, const struct timespec *t), (m, c, t))
 
 static void *find(const char *name)
 {
@@ -236,36 +311,35 @@ static void *find(const char *name)
     return f;
 }
 
-/* Finds libc's functions once (also from a constructor, before anybody locks). */
-static OM_COLD void find_real(void)
+/* Points every entry of <real> at libc's function (racing callers store the same values). */
+#define SET(field, name) __atomic_store_n(&real.field, (__typeof__(real.field))find(name), \
+                                          __ATOMIC_RELAXED)
+static void find_real(void)
 {
-    real.rwlock_init = find("pthread_rwlock_init");
-    real.mutex_init = find("pthread_mutex_init");
-    real.rdlock = find("pthread_rwlock_rdlock");
-    real.wrlock = find("pthread_rwlock_wrlock");
-    real.tryrdlock = find("pthread_rwlock_tryrdlock");
-    real.trywrlock = find("pthread_rwlock_trywrlock");
-    real.unlock = find("pthread_rwlock_unlock");
-    real.destroy = find("pthread_rwlock_destroy");
-    real.timedrdlock = find("pthread_rwlock_timedrdlock");
-    real.timedwrlock = find("pthread_rwlock_timedwrlock");
-    real.clockrdlock = find("pthread_rwlock_clockrdlock");
-    real.clockwrlock = find("pthread_rwlock_clockwrlock");
-    real.mlock = find("pthread_mutex_lock");
-    real.mtrylock = find("pthread_mutex_trylock");
-    real.mtimedlock = find("pthread_mutex_timedlock");
-    real.mclocklock = find("pthread_mutex_clocklock");
-    atomic_store(&real.ready, 1);
+    SET(rwlock_init, "pthread_rwlock_init");
+    SET(mutex_init, "pthread_mutex_init");
+    SET(rdlock, "pthread_rwlock_rdlock");
+    SET(wrlock, "pthread_rwlock_wrlock");
+    SET(tryrdlock, "pthread_rwlock_tryrdlock");
+    SET(trywrlock, "pthread_rwlock_trywrlock");
+    SET(unlock, "pthread_rwlock_unlock");
+    SET(destroy, "pthread_rwlock_destroy");
+    SET(timedrdlock, "pthread_rwlock_timedrdlock");
+    SET(timedwrlock, "pthread_rwlock_timedwrlock");
+    SET(clockrdlock, "pthread_rwlock_clockrdlock");
+    SET(clockwrlock, "pthread_rwlock_clockwrlock");
+    SET(mlock, "pthread_mutex_lock");
+    SET(mtrylock, "pthread_mutex_trylock");
+    SET(mtimedlock, "pthread_mutex_timedlock");
+    SET(mclocklock, "pthread_mutex_clocklock");
 }
 
 __attribute__((constructor)) static void locks_ctor(void)
 {
-    if (!atomic_load(&real.ready))
-        find_real();
+    find_real();
 }
 
-#define REAL(f) (OM_LIKELY(atomic_load_explicit(&real.ready, memory_order_acquire)) \
-                     ? real.f : (find_real(), real.f))
+#define REAL(f) (__atomic_load_n(&real.f, __ATOMIC_RELAXED))
 
 #define EXPORT __attribute__((visibility("default")))
 
@@ -311,79 +385,49 @@ EXPORT int pthread_rwlock_init(pthread_rwlock_t *l, const pthread_rwlockattr_t *
     return rc;
 }
 
-EXPORT int pthread_rwlock_rdlock(pthread_rwlock_t *l)
-{
-    struct om_rlock *r = rlock_of(l);
-    if (OM_LIKELY(!r))
-        return REAL(rdlock)(l);
-    return rl_acquired(r, REAL(mlock)(&r->m));
-}
+/*
+ * The lock operations. Each is one comparison and a jump to libc's for a
+ * private lock; a lock at or above the arena's start goes to a function of
+ * its own (never inlined, so the private path keeps no stack frame), which
+ * sends it to libc all the same unless it is one of ours.
+ */
+#define RW_OP(name, realop, mutexop, params, args)                                 \
+    static __attribute__((noinline)) int name##_arena params                        \
+    {                                                                              \
+        struct om_rlock *r = rlock_of(l);                                          \
+        if (!r)                                                                    \
+            return REAL(realop) args;                                              \
+        return rl_acquired(r, mutexop);                                            \
+    }                                                                              \
+    EXPORT int name params                                                         \
+    {                                                                              \
+        if (maybe_ours(l))                                                         \
+            return name##_arena args;                                              \
+        return REAL(realop) args;                                                  \
+    }
 
-EXPORT int pthread_rwlock_wrlock(pthread_rwlock_t *l)
-{
-    struct om_rlock *r = rlock_of(l);
-    if (OM_LIKELY(!r))
-        return REAL(wrlock)(l);
-    return rl_acquired(r, REAL(mlock)(&r->m));
-}
-
-EXPORT int pthread_rwlock_tryrdlock(pthread_rwlock_t *l)
-{
-    struct om_rlock *r = rlock_of(l);
-    if (OM_LIKELY(!r))
-        return REAL(tryrdlock)(l);
-    return rl_acquired(r, REAL(mtrylock)(&r->m));
-}
-
-EXPORT int pthread_rwlock_trywrlock(pthread_rwlock_t *l)
-{
-    struct om_rlock *r = rlock_of(l);
-    if (OM_LIKELY(!r))
-        return REAL(trywrlock)(l);
-    return rl_acquired(r, REAL(mtrylock)(&r->m));
-}
-
-EXPORT int pthread_rwlock_timedrdlock(pthread_rwlock_t *l, const struct timespec *t)
-{
-    struct om_rlock *r = rlock_of(l);
-    if (OM_LIKELY(!r))
-        return REAL(timedrdlock)(l, t);
-    return rl_acquired(r, REAL(mtimedlock)(&r->m, t));
-}
-
-EXPORT int pthread_rwlock_timedwrlock(pthread_rwlock_t *l, const struct timespec *t)
-{
-    struct om_rlock *r = rlock_of(l);
-    if (OM_LIKELY(!r))
-        return REAL(timedwrlock)(l, t);
-    return rl_acquired(r, REAL(mtimedlock)(&r->m, t));
-}
-
-EXPORT int pthread_rwlock_clockrdlock(pthread_rwlock_t *l, clockid_t c, const struct timespec *t)
-{
-    struct om_rlock *r = rlock_of(l);
-    if (OM_LIKELY(!r))
-        return REAL(clockrdlock)(l, c, t);
-    return rl_acquired(r, REAL(mclocklock)(&r->m, c, t));
-}
-
-EXPORT int pthread_rwlock_clockwrlock(pthread_rwlock_t *l, clockid_t c, const struct timespec *t)
-{
-    struct om_rlock *r = rlock_of(l);
-    if (OM_LIKELY(!r))
-        return REAL(clockwrlock)(l, c, t);
-    return rl_acquired(r, REAL(mclocklock)(&r->m, c, t));
-}
+RW_OP(pthread_rwlock_rdlock, rdlock, REAL(mlock)(&r->m), (pthread_rwlock_t *l), (l))
+RW_OP(pthread_rwlock_wrlock, wrlock, REAL(mlock)(&r->m), (pthread_rwlock_t *l), (l))
+RW_OP(pthread_rwlock_tryrdlock, tryrdlock, REAL(mtrylock)(&r->m), (pthread_rwlock_t *l), (l))
+RW_OP(pthread_rwlock_trywrlock, trywrlock, REAL(mtrylock)(&r->m), (pthread_rwlock_t *l), (l))
+RW_OP(pthread_rwlock_timedrdlock, timedrdlock, REAL(mtimedlock)(&r->m, t),
+      (pthread_rwlock_t *l, const struct timespec *t), (l, t))
+RW_OP(pthread_rwlock_timedwrlock, timedwrlock, REAL(mtimedlock)(&r->m, t),
+      (pthread_rwlock_t *l, const struct timespec *t), (l, t))
+RW_OP(pthread_rwlock_clockrdlock, clockrdlock, REAL(mclocklock)(&r->m, c, t),
+      (pthread_rwlock_t *l, clockid_t c, const struct timespec *t), (l, c, t))
+RW_OP(pthread_rwlock_clockwrlock, clockwrlock, REAL(mclocklock)(&r->m, c, t),
+      (pthread_rwlock_t *l, clockid_t c, const struct timespec *t), (l, c, t))
 
 /*
- * The holder is cleared before the last release (glibc keeps a recursive
- * mutex's depth in __count), and put back if the release fails (EPERM: the
- * caller did not hold it).
+ * Releases robust lock <r>. The holder is cleared before the last release
+ * (glibc keeps a recursive mutex's depth in __count), and put back if the
+ * release fails (EPERM: the caller did not hold it).
  */
-EXPORT int pthread_rwlock_unlock(pthread_rwlock_t *l)
+static __attribute__((noinline)) int unlock_arena(pthread_rwlock_t *l)
 {
     struct om_rlock *r = rlock_of(l);
-    if (OM_LIKELY(!r))
+    if (!r)
         return REAL(unlock)(l);
     int32_t was = atomic_load_explicit(&r->holder, memory_order_relaxed);
     bool last = r->m.__data.__count <= 1;
@@ -397,13 +441,27 @@ EXPORT int pthread_rwlock_unlock(pthread_rwlock_t *l)
     return rc;
 }
 
-EXPORT int pthread_rwlock_destroy(pthread_rwlock_t *l)
+EXPORT int pthread_rwlock_unlock(pthread_rwlock_t *l)
+{
+    if (maybe_ours(l))
+        return unlock_arena(l);
+    return REAL(unlock)(l);
+}
+
+static __attribute__((noinline)) int destroy_arena(pthread_rwlock_t *l)
 {
     struct om_rlock *r = rlock_of(l);
-    if (OM_LIKELY(!r))
+    if (!r)
         return REAL(destroy)(l);
     __atomic_store_n(&r->magic, 0, __ATOMIC_RELEASE);
     return pthread_mutex_destroy(&r->m);
+}
+
+EXPORT int pthread_rwlock_destroy(pthread_rwlock_t *l)
+{
+    if (maybe_ours(l))
+        return destroy_arena(l);
+    return REAL(destroy)(l);
 }
 
 EXPORT int pthread_mutex_init(pthread_mutex_t *m, const pthread_mutexattr_t *a)

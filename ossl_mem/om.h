@@ -261,6 +261,7 @@ struct om_global {
     /* private region: reserved once, segments committed in order */
     char *region;                   /* base, OM_SEG_SIZE aligned */
     size_t region_size;             /* reserved bytes */
+    char *arena_at;                 /* where the arena goes: reserved right above the region */
     _Atomic size_t region_used;     /* committed bytes (whole segments) */
     pthread_mutex_t seg_lock;       /* carving of segments and runs */
     struct om_seg *cur_seg;         /* segment being carved */
@@ -666,7 +667,8 @@ OM_HIDDEN bool om_canary_intact(const void *user, size_t size, size_t cap);
 OM_HIDDEN bool om_freed_intact(const struct om_chunk *h, size_t usable);
 
 /* arena.c: the shared arena (allocator, robust lock, process table) */
-OM_HIDDEN int om_arena_init(void);
+OM_HIDDEN size_t om_arena_map_size(void);
+OM_HIDDEN int om_arena_init(void *at);
 OM_HIDDEN void *om_arena_alloc(size_t size, uint16_t site, uint8_t tag, uint8_t set,
                                uint16_t owner);
 OM_HIDDEN struct om_chunk *om_arena_find(const void *p, const char **why, size_t *cap);
@@ -689,6 +691,7 @@ OM_HIDDEN int om_shared_reclaim_locked(void);
 
 /* locks.c: process-shared OpenSSL locks */
 OM_HIDDEN bool om_locks_check(void);
+OM_HIDDEN void om_locks_init(void);
 OM_HIDDEN extern _Atomic uint64_t om_lock_inits_shared;
 
 /*

@@ -63,11 +63,17 @@ int om_pool_init(void)
     }
     pthread_mutex_init(&om_g.seg_lock, NULL);
 
-    /* Reserve address space; halve the request until the system agrees. */
-    size_t want = om_g.opt.reserve;
+    /*
+     * Reserve address space; halve the request until the system agrees. The
+     * reservation also holds the shared arena's place, right above the
+     * region, wherever the system puts the whole: every private chunk is then
+     * below every arena chunk, which is how the lock interposition tells a
+     * private lock from an arena lock with one comparison (locks.c).
+     */
+    size_t want = om_g.opt.reserve, arena = om_arena_map_size();
     void *base = MAP_FAILED;
     while (want >= 2 * OM_SEG_SIZE) {
-        base = mmap(NULL, want + OM_SEG_SIZE, PROT_NONE,
+        base = mmap(NULL, want + OM_SEG_SIZE + arena, PROT_NONE,
                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
         if (base != MAP_FAILED)
             break;
@@ -78,6 +84,7 @@ int om_pool_init(void)
     uintptr_t b = ((uintptr_t)base + OM_SEG_SIZE - 1) & ~(uintptr_t)(OM_SEG_SIZE - 1);
     om_g.region = (char *)b;
     om_g.region_size = want;
+    om_g.arena_at = arena ? (char *)b + want : NULL;
     atomic_store(&om_g.region_used, 0);
     /* commit the first segment now: the free fast path relies on region_used > 0 */
     return seg_new() ? 0 : OSSL_MEM_E_NOMEM;
