@@ -579,6 +579,15 @@ int main(int argc, char **argv)
         long alive = reap(ws, stopping);
         if (stopping && alive == 0)
             break;
+        /*
+         * A worker that died holding one of the context's locks left it to the next locker
+         * (ossl_mem recovers it), but what the lock protected may be half-changed: serve from a
+         * fresh context, as for a reload.
+         */
+        if (!stopping && ossl_mem_ssl_ctx_locks_recovered(ctx) > 0) {
+            printf("a worker died holding a lock of generation %" PRIu64 ": rebuilding\n", gen);
+            reload(&ctx, &gen);
+        }
         if (stopping && time(NULL) > deadline) {
             signal_workers(ws, SIGKILL);
             deadline = time(NULL) + 20;

@@ -67,10 +67,10 @@ struct ossl_mem_config {
  * OSSL_MEM_E_OPTIONS for bad options, OSSL_MEM_E_HOOKED when another
  * allocator is already installed, OSSL_MEM_E_NOMEM when the pools or the
  * shared arena (option shared=SIZE) cannot be mapped. On failure nothing is
- * installed and OpenSSL is left alone. It also checks, with one real
- * CRYPTO_THREAD_lock_new(), that libcrypto's pthread_rwlock_init() calls
- * reach libossl_mem.so (the lock interposition that makes OpenSSL's locks in
- * the arena process-shared); if they do not (a static link, or the library
+ * installed and OpenSSL is left alone. It also checks, with real
+ * CRYPTO_THREAD_* calls, that libcrypto's pthread_rwlock_* calls reach
+ * libossl_mem.so (the lock interposition that makes OpenSSL's locks in the
+ * arena process-shared and robust); if they do not (a static link, or the library
  * loaded after libc), it says so in one line on stderr and shared scopes
  * will be refused with OSSL_MEM_E_LOCKS, while the private pools work.
  */
@@ -224,11 +224,15 @@ OSSL_MEM_API int ossl_mem_is_shared(const void *p);
  *   makes this safe (the RCU rule);
  * - then the owner destroys it: at once in retire when nobody else can hold
  *   it (retire returns 1), otherwise in a later ossl_mem_reclaim() (returns
- *   the number of contexts destroyed) or ossl_mem_worker_exited() call.
+ *   the number of contexts destroyed), ossl_mem_worker_exited(),
+ *   ossl_mem_retire_ssl_ctx() or ossl_mem_share_ssl_ctx() call.
  *   Destruction frees the context and then every chunk of the arena that
  *   was allocated in the same shared scope and is no longer referenced from
  *   anything else (references that dead workers left in OpenSSL's counts do
- *   not keep memory alive).
+ *   not keep memory alive). A chunk still referenced then (the owner's own
+ *   certificate and key objects, until it frees them) is collected by one of
+ *   those later calls of the owner, so a server that reloads stays bounded
+ *   without calling ossl_mem_reclaim() itself.
  * Objects built in a shared scope belong to the process that built them:
  * a worker must not drop references to them that it did not take (only
  * registered contexts are pinned), because OpenSSL's teardown of an object
@@ -240,6 +244,11 @@ OSSL_MEM_API int ossl_mem_is_shared(const void *p);
  * the number of contexts destroyed.
  */
 OSSL_MEM_API int ossl_mem_share_ssl_ctx(struct ssl_ctx_st *ctx);
+
+OSSL_MEM_API int ossl_mem_retire_ssl_ctx(struct ssl_ctx_st *ctx);
+OSSL_MEM_API int ossl_mem_ssl_ctx_done(struct ssl_ctx_st *ctx);
+OSSL_MEM_API int ossl_mem_worker_exited(pid_t pid);
+OSSL_MEM_API int ossl_mem_reclaim(void);
 
 /*
  * Locks of shared objects and dead workers. OpenSSL's locks that live in
@@ -257,13 +266,10 @@ OSSL_MEM_API int ossl_mem_share_ssl_ctx(struct ssl_ctx_st *ctx);
  * OSSL_MEM_E_UNKNOWN, OSSL_MEM_E_NOT_INIT, OSSL_MEM_E_NO_ARENA): an owner
  * that sees it above 0 should build a new context, publish it and retire
  * this one, as for a reload (examples/prefork_server.c does). Readers of one
- * lock in different processes exclude each other (README "Robust locks").
+ * lock in different processes exclude each other (README "Workers that die
+ * anywhere").
  */
 OSSL_MEM_API int ossl_mem_ssl_ctx_locks_recovered(struct ssl_ctx_st *ctx);
-OSSL_MEM_API int ossl_mem_retire_ssl_ctx(struct ssl_ctx_st *ctx);
-OSSL_MEM_API int ossl_mem_ssl_ctx_done(struct ssl_ctx_st *ctx);
-OSSL_MEM_API int ossl_mem_worker_exited(pid_t pid);
-OSSL_MEM_API int ossl_mem_reclaim(void);
 
 /*
  * Failure injection, for tests of OpenSSL's error paths: makes the <nth>
