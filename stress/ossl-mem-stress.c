@@ -1434,9 +1434,10 @@ int main(int argc, char **argv)
                 if (atomic_load(&s->pid) > 0 && atomic_load(&s->state) == S_RUN && tn > beat &&
                     tn - beat > 20000000000u) {
                     record_first("watchdog: worker %d (slot %ld) made no progress for 20 s "
-                                 "(stalled); stopping", (int)atomic_load(&s->pid), i);
+                                 "(stalled); killed, run stopped", (int)atomic_load(&s->pid), i);
                     res.stalled = true;
                     atomic_store(&ctl->stop, 1);
+                    kill(atomic_load(&s->pid), SIGKILL); /* reaped above, next time round */
                 }
             }
             if (opt.mode == M_SHARED)
