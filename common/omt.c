@@ -337,6 +337,29 @@ static void set_verify(struct omt_result *r, long vr)
         r->verify_result = vr;
 }
 
+/*
+ * Whether a failed call (SSL_get_error() <e>, errno <err_no> right after it, the error queue
+ * as it was left) is the peer vanishing: an EOF without close_notify (OpenSSL 3 queues
+ * "unexpected eof while reading"; SSL_ERROR_SYSCALL with errno 0 before), or a connection reset
+ * or broken pipe, as an errno or a system error in the queue. A TLS alert from the peer, a
+ * verification failure or a timeout is not.
+ */
+static int peer_vanished(int e, int err_no)
+{
+    unsigned long q = ERR_peek_error();
+
+    if (q != 0) {
+        if (ERR_GET_LIB(q) == ERR_LIB_SSL && ERR_GET_REASON(q) == SSL_R_UNEXPECTED_EOF_WHILE_READING)
+            return 1;
+        if (ERR_SYSTEM_ERROR(q) || ERR_GET_LIB(q) == ERR_LIB_SYS) {
+            int sys = ERR_GET_REASON(q);
+            return sys == ECONNRESET || sys == EPIPE;
+        }
+        return 0;
+    }
+    return e == SSL_ERROR_SYSCALL && (err_no == 0 || err_no == ECONNRESET || err_no == EPIPE);
+}
+
 /* Record the failure of sd's current step: e is SSL_get_error() of the call,
  * err_no the errno right after it; returns -1. */
 static int side_fail(struct side *sd, struct omt_result *r, int e, int err_no)
@@ -353,6 +376,8 @@ static int side_fail(struct side *sd, struct omt_result *r, int e, int err_no)
     else
         snprintf(buf, sizeof(buf), e == SSL_ERROR_ZERO_RETURN ? "peer closed the connection"
                                                                : "SSL error");
+    if (r->err[0] == '\0')
+        r->peer_gone = peer_vanished(e, err_no);
     if (sd->step == ST_HANDSHAKE && vr != X509_V_OK) {
         snprintf(detail, sizeof(detail), "%s (verify: %s)", buf, X509_verify_cert_error_string(vr));
         set_verify(r, vr);

@@ -86,6 +86,9 @@ struct omt_result {
     int ok;              /* 1 if the whole exchange succeeded and was verified */
     long verify_result;  /* X509_V_OK, or the failing side's SSL_get_verify_result() */
     char err[256];       /* first failure: "side: step: reason", "" when ok */
+    int peer_gone;       /* 1 if that first failure was the peer vanishing: an EOF without
+                            close_notify, or a reset or broken pipe on the socket, and no TLS
+                            alert (what a peer process killed mid-exchange looks like) */
 };
 
 /*

@@ -10,9 +10,11 @@
  * pair; with --transport socket the workers accept on one loopback
  * listening socket and one client process per worker connects. Workers
  * write their counts and memory figures into a shared control page; the
- * master prints progress, reloads the context, kills workers at safe
- * points and replaces them, and at the end collects every worker's
- * ossl_mem_check() and safety counters into the report.
+ * master prints progress, reloads the context, kills workers (at random
+ * instants, or with --kill-at safe at safe points between handshakes) and
+ * replaces them, and at the end collects every worker's ossl_mem_check()
+ * and safety counters into the report. Socket-mode clients count their own
+ * outcomes too, to tell a connection cut by a killed worker from a failure.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -70,8 +72,13 @@ static const char usage[] =
     "                       bio (default): both ends in the worker over a BIO pair; socket: real\n"
     "                       loopback TCP, one client process per worker\n"
     "  --reload-every S     rebuild and republish the server context every S seconds\n"
-    "  --kill-every S       every S seconds SIGKILL a random worker at a safe point (between\n"
-    "                       handshakes), reap it and fork a replacement\n"
+    "  --kill-every S       every S seconds (a decimal from 0.01) SIGKILL a random worker, reap it\n"
+    "                       and fork a replacement\n"
+    "  --kill-at anywhere|safe\n"
+    "                       anywhere (default): the SIGKILL comes at a random instant of each\n"
+    "                       interval, unannounced, mostly inside OpenSSL (mid-handshake, maybe\n"
+    "                       holding a lock of the shared context); safe: the worker is first asked\n"
+    "                       to park between two handshakes\n"
     "  --options STR        ossl_mem options for master and workers (see OSSL_MEM_OPTIONS=help)\n"
     "  --cert FILE --key-file FILE --ca FILE\n"
     "                       the server's certificate and key and the CA both sides trust, instead\n"
@@ -86,17 +93,23 @@ static const char usage[] =
     "  --seed N             seed of the random choices (default 1)\n"
     "  --help               this text\n"
     "Exit status: 0 if every handshake verified and no unexpected safety event happened, 1\n"
-    "otherwise (the report names the first failure), 2 for bad usage or unusable files.\n";
+    "otherwise (the report names the first failure), 2 for bad usage or unusable files. A killed\n"
+    "worker's unfinished handshake is not a failure, nor (socket transport) is its client's\n"
+    "connection cut by that death, at most one per kill; any other failure is, and so is a worker\n"
+    "that makes no progress for 20 s.\n";
 
 #define MAX_WORKERS 256
 
 enum mode { M_SHARED, M_PRIVATE, M_GLIBC };
+enum kill_at { K_ANYWHERE, K_SAFE };
 enum transport { T_BIO, T_SOCKET };
 static const char *const mode_name[] = {"shared", "private", "glibc"};
 static const char *const transport_name[] = {"bio", "socket"};
 
 static struct {
-    long workers, handshakes, seconds, reload_every, kill_every, seed;
+    long workers, handshakes, seconds, reload_every, seed;
+    double kill_every;          /* seconds, 0: no kills */
+    enum kill_at kill_at;
     enum omt_key key;
     int tls;                    /* TLS1_2_VERSION or TLS1_3_VERSION */
     enum omt_verify verify;
@@ -105,7 +118,7 @@ static struct {
     const char *options, *cert, *key_file, *ca, *client_cert, *client_key;
     const char *json, *timeline, *plot;
     bool wrong_ca;
-} opt = {4, 2000, 0, 0, 0, 1, OMT_KEY_EC, TLS1_3_VERSION, OMT_VERIFY_MUTUAL, M_SHARED, T_BIO,
+} opt = {4, 2000, 0, 0, 1, 0, K_ANYWHERE, OMT_KEY_EC, TLS1_3_VERSION, OMT_VERIFY_MUTUAL, M_SHARED, T_BIO,
          NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, false};
 
 /* Safety counters a worker hands over (index into the faults arrays). */
@@ -125,6 +138,11 @@ struct slot {
     _Atomic int err_set;            /* err holds this worker's first failure */
     _Atomic uint64_t done_ns;       /* CLOCK_MONOTONIC when a worker of this slot last finished a
                                        handshake (kept over replacements: the end of the serving) */
+    _Atomic uint64_t beat_ns;       /* CLOCK_MONOTONIC when the worker last passed its loop's top
+                                       (set by the master at the fork): the stall detector's */
+    _Atomic int conn;               /* socket transport: 1 from just before accept() until the
+                                       connection is closed and counted (a kill then may cut one
+                                       client connection) */
     char err[256];                  /* its text (omt_result.err) */
 };
 enum { S_RUN = 0, S_PARK_REQ, S_PARKED, S_DONE };
@@ -139,6 +157,12 @@ struct control {
     _Atomic uint64_t dead_faults[NF];
     _Atomic int first_set;          /* first failure recorded */
     char first[512];                /* its text */
+    /* socket transport: the client processes' own results (the server side is the workers') */
+    _Atomic long client_ok;         /* exchanges the client finished and verified */
+    _Atomic long client_cut;        /* ended by the server vanishing (EOF or reset, no alert) */
+    _Atomic long client_failed;     /* ended by anything else */
+    _Atomic int client_first_set;
+    char client_first[256];         /* the first of those other failures */
     struct slot slot[MAX_WORKERS];
 };
 _Static_assert(ATOMIC_LONG_LOCK_FREE == 2 && ATOMIC_INT_LOCK_FREE == 2 && ATOMIC_LLONG_LOCK_FREE == 2,
@@ -185,6 +209,20 @@ static long num_arg(const char *o, const char *v, long min, long max)
     return n;
 }
 
+/* A number of seconds with up to 3 decimals, from <min> to 86400 ("0.05", "2"). */
+static double sec_arg(const char *o, const char *v, double min)
+{
+    char *end;
+    errno = 0;
+    double d = strtod(v, &end);
+    const char *dot = strchr(v, '.');
+    if (errno || end == v || *end || !(d >= min && d <= 86400) || strspn(v, "0123456789.") != strlen(v)
+        || (dot && (strchr(dot + 1, '.') || strlen(dot + 1) > 3)))
+        usage_error("%s needs a number of seconds from %g to 86400 (up to 3 decimals), not '%s'",
+                    o, min, v);
+    return d;
+}
+
 /* A PEM file to read: it must exist, be readable and not be a directory. */
 static const char *file_arg(const char *o, const char *v)
 {
@@ -218,11 +256,12 @@ static void parse_args(int argc, char **argv)
         {"workers", 1, 0, 'w'}, {"handshakes", 1, 0, 'n'}, {"seconds", 1, 0, 's'},
         {"key", 1, 0, 'k'}, {"tls", 1, 0, 't'}, {"verify", 1, 0, 'v'}, {"mode", 1, 0, 'm'},
         {"transport", 1, 0, 'T'}, {"reload-every", 1, 0, 'r'}, {"kill-every", 1, 0, 'K'},
+        {"kill-at", 1, 0, 'A'},
         {"options", 1, 0, 'o'}, {"cert", 1, 0, 'c'}, {"key-file", 1, 0, 'f'}, {"ca", 1, 0, 'a'},
         {"client-cert", 1, 0, 'C'}, {"client-key", 1, 0, 'F'}, {"wrong-client-ca", 0, 0, 'W'},
         {"json", 1, 0, 'j'}, {"timeline", 1, 0, 'l'}, {"plot", 1, 0, 'p'}, {"seed", 1, 0, 'S'},
         {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
-    bool got_n = false;
+    bool got_n = false, got_at = false;
     opterr = 0;
     int c;
     while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
@@ -231,7 +270,13 @@ static void parse_args(int argc, char **argv)
         case 'n': opt.handshakes = num_arg("--handshakes", optarg, 1, LONG_MAX / 2); got_n = true; break;
         case 's': opt.seconds = num_arg("--seconds", optarg, 1, 86400); break;
         case 'r': opt.reload_every = num_arg("--reload-every", optarg, 1, 86400); break;
-        case 'K': opt.kill_every = num_arg("--kill-every", optarg, 1, 86400); break;
+        case 'K': opt.kill_every = sec_arg("--kill-every", optarg, 0.01); break;
+        case 'A':
+            if (strcmp(optarg, "anywhere") == 0) opt.kill_at = K_ANYWHERE;
+            else if (strcmp(optarg, "safe") == 0) opt.kill_at = K_SAFE;
+            else usage_error("--kill-at takes anywhere or safe, not '%s'", optarg);
+            got_at = true;
+            break;
         case 'S': opt.seed = num_arg("--seed", optarg, 0, LONG_MAX); break;
         case 'k':
             if (strcmp(optarg, "ec") == 0) opt.key = OMT_KEY_EC;
@@ -298,6 +343,8 @@ static void parse_args(int argc, char **argv)
         usage_error("--wrong-client-ca works with the generated certificates only");
     if (opt.wrong_ca && opt.verify != OMT_VERIFY_MUTUAL)
         usage_error("--wrong-client-ca needs --verify mutual (the server must check the client)");
+    if (got_at && !opt.kill_every)
+        usage_error("--kill-at needs --kill-every");
     if (opt.options && opt.mode == M_GLIBC)
         usage_error("--options has no effect with --mode glibc");
 }
@@ -455,7 +502,9 @@ static void __attribute__((noreturn)) worker_main(int idx)
     if (opt.transport == T_BIO && !cli)
         _exit(3);
     double last = 0;
+    bool snap_each = opt.kill_every && opt.kill_at == K_ANYWHERE && opt.mode != M_GLIBC;
     while (take_one()) {
+        atomic_store(&s->beat_ns, now_ns());
         /* a safe point: no handshake in progress, no context pointer held */
         if (atomic_load(&s->state) == S_PARK_REQ) {
             snapshot(s); /* exact counters for the master, which adds them up after the kill */
@@ -488,10 +537,12 @@ static void __attribute__((noreturn)) worker_main(int idx)
                     atomic_fetch_add(&ctl->remaining, 1); /* give the turn back */
                 goto quiescent;
             }
+            atomic_store(&s->conn, 1); /* a kill from here on may cut a client's connection */
             int fd = accept(listen_fd, NULL, NULL);
             if (fd >= 0)
                 tune_socket(fd);
             if (fd < 0) {
+                atomic_store(&s->conn, 0);
                 if (!opt.seconds)
                     atomic_fetch_add(&ctl->remaining, 1);
                 goto quiescent;
@@ -510,10 +561,13 @@ static void __attribute__((noreturn)) worker_main(int idx)
             if (atomic_compare_exchange_strong(&s->err_set, &expect, 1))
                 snprintf(s->err, sizeof s->err, "%s", r.err);
         }
+        atomic_store(&s->conn, 0);
     quiescent:
         if (opt.mode == M_SHARED)
             ossl_mem_ssl_ctx_done(NULL);
-        if (now() - last > 0.2) {
+        /* killed at any instant, a worker hands over the counters of its last snapshot: with
+           unannounced kills they are taken after every handshake */
+        if (snap_each || now() - last > 0.2) {
             snapshot(s);
             last = now();
         }
@@ -532,6 +586,7 @@ static void __attribute__((noreturn)) worker_main(int idx)
 static void __attribute__((noreturn)) client_main(void)
 {
     signal(SIGPIPE, SIG_IGN);
+    close(listen_fd); /* so that the master's close at the end resets the connections queued */
     SSL_CTX *cli = build_ctx(false);
     if (!cli)
         _exit(3);
@@ -548,8 +603,23 @@ static void __attribute__((noreturn)) client_main(void)
             continue;
         }
         struct omt_result r;
-        omt_handshake_fd_client(cli, fd, &r); /* the server side counts and judges */
+        int rc = omt_handshake_fd_client(cli, fd, &r);
         close(fd);
+        /* the server side counts and judges every handshake; the client's own outcome tells
+           a connection its worker's death cut (the peer vanished: EOF or reset, no TLS alert)
+           from any other failure. What ends after the stop is the end of the run: not counted */
+        if (!atomic_load(&ctl->stop)) {
+            if (rc == 0) {
+                atomic_fetch_add(&ctl->client_ok, 1);
+            } else if (r.peer_gone) {
+                atomic_fetch_add(&ctl->client_cut, 1);
+            } else {
+                atomic_fetch_add(&ctl->client_failed, 1);
+                int expect = 0;
+                if (atomic_compare_exchange_strong(&ctl->client_first_set, &expect, 1))
+                    snprintf(ctl->client_first, sizeof ctl->client_first, "%s", r.err);
+            }
+        }
         /* forked by the master, a client counts as a possible user of the shared contexts:
            it never holds one, so every point of its loop is a quiescent point */
         if (opt.mode == M_SHARED)
@@ -569,6 +639,8 @@ static pid_t spawn_worker(int idx)
     atomic_store(&s->state, S_RUN);
     atomic_store(&s->check, -1);
     atomic_store(&s->peak, 0);
+    atomic_store(&s->conn, 0);
+    atomic_store(&s->beat_ns, now_ns());
     for (int i = 0; i < NF; i++)
         atomic_store(&s->faults[i], 0);
     fflush(NULL);
@@ -601,13 +673,17 @@ struct sample {
 
 static struct {
     long reloads, kills, ok, failed;
+    long cuts;                  /* kills that found the worker with a connection (maybe) open */
+    long rebuilds;              /* reloads made because the context had a lock recovered */
+    long client_ok, client_cut, client_failed;      /* socket transport: the clients' outcomes */
     uint64_t shared_peak, priv_peak, faults[NF], shared_failed, lock_repairs, check_problems;
+    uint64_t locks_recovered;   /* OpenSSL locks of the arena recovered from a dead holder */
     uint64_t shared_end, shared_left, contexts_left;   /* arena at the end, after the last retire */
     long master_check;          /* ossl_mem_check() in the master at the end, -1 not run */
     long checked, unchecked;    /* workers that ran ossl_mem_check() at exit / did not (killed) */
     double secs;                /* the whole run: from the first fork until every worker left */
     double serve;               /* from the first fork until the last handshake finished */
-    bool watchdog, setup_failed;
+    bool watchdog, setup_failed, stalled;
 } res = {.master_check = -1};
 
 
@@ -687,8 +763,26 @@ static const char *status_text(int st)
     return buf;
 }
 
-/* Kills a random running worker at its next safe point and forks its replacement. */
-static void kill_one(unsigned *rnd)
+/*
+ * The master's part after a worker of slot <idx> died (killed, reaped, status <st>): tells
+ * ossl_mem, adds its counters to the slot's and forks the replacement.
+ */
+static void replace(int idx, pid_t pid)
+{
+    if (opt.mode != M_GLIBC)
+        ossl_mem_worker_exited(pid);
+    atomic_store(&ctl->slot[idx].pid, 0);
+    retire_slot(idx);
+    pid_t np = spawn_worker(idx);
+    if (np <= 0) {
+        if (np < 0)
+            record_first("fork: %s", strerror(errno));
+        running--; /* no replacement: one worker fewer to wait for */
+    }
+}
+
+/* --kill-at safe: kills a random running worker at its next safe point, forks its replacement. */
+static void kill_safe(unsigned *rnd)
 {
     int idx = (int)(rand_r(rnd) % (unsigned)opt.workers);
     struct slot *s = &ctl->slot[idx];
@@ -703,17 +797,48 @@ static void kill_one(unsigned *rnd)
         return; /* it finished instead */
     kill(pid, SIGKILL);
     waitpid(pid, NULL, 0);
+    res.kills++;
+    replace(idx, pid);
+}
+
+/*
+ * --kill-at anywhere: SIGKILLs a random running worker now, wherever it is (the master does not
+ * coordinate with it: mid-handshake, inside OpenSSL or ossl_mem, maybe holding a lock of the
+ * shared context or the arena's), reaps it and forks its replacement. A worker that finished
+ * on its own just before (its budget spent) is reaped as a normal exit instead.
+ */
+static void kill_anywhere(unsigned *rnd)
+{
+    int idx = (int)(rand_r(rnd) % (unsigned)opt.workers);
+    struct slot *s = &ctl->slot[idx];
+    pid_t pid = atomic_load(&s->pid);
+    int st;
+    if (pid <= 0 || atomic_load(&s->state) != S_RUN)
+        return;
+    kill(pid, SIGKILL);
+    if (waitpid(pid, &st, 0) != pid)
+        return; /* not ours any more: the main loop reaps */
+    if (WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL) {
+        res.kills++;
+        if (atomic_load(&s->conn)) /* the dead worker's last word: it had a connection open */
+            res.cuts++;
+        replace(idx, pid);
+        return;
+    }
+    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
+        record_first("worker %d ended with %s", (int)pid, status_text(st));
     if (opt.mode != M_GLIBC)
         ossl_mem_worker_exited(pid);
     atomic_store(&s->pid, 0);
-    retire_slot(idx);
-    res.kills++;
-    pid_t np = spawn_worker(idx);
-    if (np <= 0) {
-        if (np < 0)
-            record_first("fork: %s", strerror(errno));
-        running--; /* no replacement: one worker fewer to wait for */
-    }
+    running--;
+}
+
+/* When kill number k, counted in the interval that starts at <from>, is due. */
+static double kill_time(double from, unsigned *rnd)
+{
+    if (opt.kill_at == K_SAFE)
+        return from + opt.kill_every;
+    return from + opt.kill_every * ((double)rand_r(rnd) / ((double)RAND_MAX + 1));
 }
 
 static void reload(SSL_CTX **cur)
@@ -811,11 +936,22 @@ static void remove_pki(void)
 }
 
 /*
+ * Whether workers may die holding a lock: only when they are killed at random instants. Then
+ * a repaired arena lock and recovered OpenSSL locks are expected; otherwise nobody dies inside
+ * ossl_mem or OpenSSL (safe kills park first, the clients end on their own), and either one
+ * means something is wrong.
+ */
+static bool lock_events_allowed(void)
+{
+    return opt.kill_every && opt.kill_at == K_ANYWHERE;
+}
+
+/*
  * Safety events that must not happen, summed over every worker and the master: double and
  * invalid frees, overflows, writes after free, corrupt headers, replaced hooks, an exhausted
- * arena, a repaired arena lock (workers are only killed at safe points, so nobody should die
- * holding it), every problem ossl_mem_check() found (including shared chunks pointing into a
- * process's private memory), and inherited frees outside shared mode (no chunk is shared there).
+ * arena, every problem ossl_mem_check() found (including shared chunks pointing into a
+ * process's private memory), inherited frees outside shared mode (no chunk is shared there),
+ * and, unless workers are killed anywhere, repaired arena locks and recovered OpenSSL locks.
  * Inherited frees in shared mode are expected: the workers' exit cleanup frees shared chunks
  * and ossl_mem refuses those frees.
  */
@@ -823,7 +959,9 @@ static uint64_t unexpected_events(void)
 {
     if (opt.mode == M_GLIBC)
         return 0;
-    uint64_t n = res.shared_failed + res.lock_repairs + res.check_problems;
+    uint64_t n = res.shared_failed + res.check_problems;
+    if (!lock_events_allowed())
+        n += res.lock_repairs + res.locks_recovered;
     for (int i = 0; i < NF; i++)
         if (i != F_INHERITED || opt.mode != M_SHARED)
             n += res.faults[i];
@@ -867,7 +1005,15 @@ static void print_report(bool pass, const char *why, double rate)
            res.ok, res.failed, res.secs, res.serve);
     printf("  rate        %.0f/s total, %.0f/s per worker (over the serving time)\n", rate,
            rate / (double)opt.workers);
-    printf("  events      %ld reloads, %ld workers killed and replaced\n", res.reloads, res.kills);
+    printf("  events      %ld reloads", res.reloads);
+    if (res.rebuilds)
+        printf(" (%ld of them rebuilds after a recovered lock)", res.rebuilds);
+    printf(", %ld workers killed %sand replaced\n", res.kills, !opt.kill_every ? ""
+           : opt.kill_at == K_SAFE ? "at safe points " : "at random instants ");
+    if (opt.transport == T_SOCKET)
+        printf("  clients     %ld exchanges verified, %ld other failures, %ld cut by a killed worker\n"
+               "              (allowed: at most %ld, the kills that found their worker with a "
+               "connection open)\n", res.client_ok, res.client_failed, res.client_cut, res.cuts);
     if (na) {
         printf("  memory      shared n/a; private peak per worker %s in use (glibc mallinfo2)\n",
                human(res.priv_peak, a, sizeof a));
@@ -902,9 +1048,17 @@ static void print_report(bool pass, const char *why, double rate)
                " invalid frees, %" PRIu64 " overflows,\n", res.faults[F_DOUBLE],
                res.faults[F_INVALID], res.faults[F_OVERFLOW]);
         printf("              %" PRIu64 " writes after free, %" PRIu64 " corrupt headers, %" PRIu64
-               " replaced hooks, %" PRIu64 " arena exhaustions, %" PRIu64 " arena lock repairs\n",
-               res.faults[F_UAF], res.faults[F_CORRUPT], res.faults[F_HOOKS], res.shared_failed,
-               res.lock_repairs);
+               " replaced hooks, %" PRIu64 " arena exhaustions", res.faults[F_UAF],
+               res.faults[F_CORRUPT], res.faults[F_HOOKS], res.shared_failed);
+        if (lock_events_allowed())
+            printf("\n              allowed: %" PRIu64 " arena lock repairs, %" PRIu64 " OpenSSL "
+                   "locks recovered (a worker killed at a random\n              instant may die "
+                   "holding one; the next locker recovers it)\n", res.lock_repairs,
+                   res.locks_recovered);
+        else
+            printf(",\n              %" PRIu64 " arena lock repairs, %" PRIu64 " OpenSSL locks "
+                   "recovered (nobody is killed inside a lock)\n", res.lock_repairs,
+                   res.locks_recovered);
         if (opt.mode == M_SHARED)
             printf("              allowed: %" PRIu64 " inherited frees (a worker freeing a shared "
                    "chunk, e.g. in its exit cleanup; refused by ossl_mem)\n",
@@ -940,17 +1094,26 @@ static void write_json(const char *verdict, double rate)
     char v[32];
     fprintf(f, "{\n  \"config\": {\"mode\": \"%s\", \"transport\": \"%s\", \"workers\": %ld, "
             "\"key\": \"%s\", \"tls\": \"%s\", \"verify\": \"%s\", \"reload_every\": %ld, "
-            "\"kill_every\": %ld, \"seed\": %ld, \"options\": ",
+            "\"kill_every\": %g, \"kill_at\": \"%s\", \"seed\": %ld, \"options\": ",
             mode_name[opt.mode], transport_name[opt.transport], opt.workers,
             opt.cert ? "files" : opt.key == OMT_KEY_EC ? "ec" : "rsa",
             opt.tls == TLS1_3_VERSION ? "1.3" : "1.2", verify_name(), opt.reload_every,
-            opt.kill_every, opt.seed);
+            opt.kill_every, opt.kill_at == K_SAFE ? "safe" : "anywhere", opt.seed);
     json_str(f, opt.options ? opt.options : "");
     fprintf(f, "},\n  \"handshakes_ok\": %ld,\n  \"handshakes_failed\": %ld,\n"
             "  \"seconds\": %.6f,\n  \"serve_seconds\": %.6f,\n  \"rate_total\": %.1f,\n"
             "  \"rate_per_worker\": %.1f,\n",
             res.ok, res.failed, res.secs, res.serve, rate, rate / (double)opt.workers);
-    fprintf(f, "  \"reloads\": %ld,\n  \"kills\": %ld,\n", res.reloads, res.kills);
+    fprintf(f, "  \"reloads\": %ld,\n  \"rebuilds\": %ld,\n  \"kills\": %ld,\n  \"kills_cutting\": %ld,\n",
+            res.reloads, res.rebuilds, res.kills, res.cuts);
+    if (opt.transport == T_SOCKET) {
+        fprintf(f, "  \"clients\": {\"ok\": %ld, \"cut\": %ld, \"failed\": %ld, "
+                "\"first_failure\": ", res.client_ok, res.client_cut, res.client_failed);
+        json_str(f, atomic_load(&ctl->client_first_set) ? ctl->client_first : "");
+        fprintf(f, "},\n");
+    } else {
+        fprintf(f, "  \"clients\": null,\n");
+    }
     fprintf(f, "  \"memory\": {\"shared_peak\": %s, ", json_num(res.shared_peak, v, sizeof v));
     fprintf(f, "\"shared_end\": %s, ", json_num(res.shared_end, v, sizeof v));
     fprintf(f, "\"shared_after_last_retire\": %s, ", json_num(res.shared_left, v, sizeof v));
@@ -961,6 +1124,8 @@ static void write_json(const char *verdict, double rate)
         fprintf(f, "\"%s\": %s, ", fault_json[i], json_num(res.faults[i], v, sizeof v));
     fprintf(f, "\"shared_failed\": %s, ", json_num(res.shared_failed, v, sizeof v));
     fprintf(f, "\"lock_repairs\": %s, ", json_num(res.lock_repairs, v, sizeof v));
+    fprintf(f, "\"locks_recovered\": %s, ", json_num(res.locks_recovered, v, sizeof v));
+    fprintf(f, "\"lock_events_expected\": %s, ", lock_events_allowed() ? "true" : "false");
     fprintf(f, "\"check_problems\": %s, ", json_num(res.check_problems, v, sizeof v));
     fprintf(f, "\"inherited_frees_expected\": %s, ", opt.mode == M_SHARED ? "true" : "false");
     fprintf(f, "\"unexpected\": %s},\n", json_num(unexpected_events(), v, sizeof v));
@@ -1182,7 +1347,10 @@ int main(int argc, char **argv)
     long cap = (opt.seconds ? opt.seconds : 3600) + 2, n = 0;
     struct sample *tl = calloc((size_t)cap + 1, sizeof *tl);
     double next_sample = t0, next_progress = t0 + (tty ? 0.5 : 5), next_reload =
-        t0 + (double)opt.reload_every, next_kill = t0 + (double)opt.kill_every;
+        t0 + (double)opt.reload_every;
+    /* kill k falls in [t0 + k S, t0 + (k + 1) S): at its end for safe kills (then the worker is
+       asked to park), at a uniformly random instant of it for kills anywhere */
+    double kill_from = t0, next_kill = kill_time(kill_from, &rnd);
     double last_change = t0, stop_time = 0;
     long last_total = -1;
     while (running > 0) {
@@ -1245,8 +1413,32 @@ int main(int argc, char **argv)
                 next_reload += (double)opt.reload_every;
             }
             if (opt.kill_every && t >= next_kill) {
-                kill_one(&rnd);
-                next_kill += (double)opt.kill_every;
+                if (opt.kill_at == K_SAFE)
+                    kill_safe(&rnd);
+                else
+                    kill_anywhere(&rnd);
+                kill_from += opt.kill_every;
+                next_kill = kill_time(kill_from, &rnd);
+                /* a lock of the current context recovered from a dead holder: what it protected
+                   may be half-changed, so rebuild the context as ossl_mem's documentation says */
+                if (opt.mode == M_SHARED && cur && ossl_mem_ssl_ctx_locks_recovered(cur) > 0) {
+                    reload(&cur);
+                    res.rebuilds++;
+                }
+            }
+            /* a worker that has not come back to the top of its loop for 20 s is stuck (a
+               handshake gives up after 10 s): a stall, even while its siblings go on */
+            for (long i = 0; i < opt.workers && !atomic_load(&ctl->stop); i++) {
+                struct slot *s = &ctl->slot[i];
+                uint64_t beat = atomic_load(&s->beat_ns), tn = now_ns();
+                if (atomic_load(&s->pid) > 0 && atomic_load(&s->state) == S_RUN && tn > beat &&
+                    tn - beat > 20000000000u) {
+                    record_first("watchdog: worker %d (slot %ld) made no progress for 20 s "
+                                 "(stalled); killed, run stopped", (int)atomic_load(&s->pid), i);
+                    res.stalled = true;
+                    atomic_store(&ctl->stop, 1);
+                    kill(atomic_load(&s->pid), SIGKILL); /* reaped above, next time round */
+                }
             }
             if (opt.mode == M_SHARED)
                 ossl_mem_reclaim();
@@ -1266,7 +1458,13 @@ int main(int argc, char **argv)
             progress(dt, ok, failed, dt > 0 ? ok / dt : 0, tty, false);
             next_progress += tty ? 0.5 : 5;
         }
-        usleep(20000);
+        /* every 20 ms, or at the instant of the next kill */
+        double wake = t + 0.02;
+        if (opt.kill_every && !atomic_load(&ctl->stop) && next_kill < wake)
+            wake = next_kill;
+        wake -= now();
+        if (wake > 0)
+            usleep((useconds_t)(wake * 1e6));
     }
     res.secs = now() - t0;
     /* the rate counts the serving only, not the workers' exit (OpenSSL's cleanup and, except in
@@ -1277,17 +1475,38 @@ int main(int argc, char **argv)
             last_ns = atomic_load(&ctl->slot[i].done_ns);
     res.serve = last_ns ? (double)last_ns / 1e9 - t0 : res.secs;
     atomic_store(&ctl->stop, 1);
-    for (long i = 0; i < opt.workers && opt.transport == T_SOCKET; i++)
-        if (clients[i] > 0) {
-            kill(clients[i], SIGKILL); /* a client holds nothing shared: no safe point needed */
-            waitpid(clients[i], NULL, 0);
-            if (opt.mode != M_GLIBC)
+    /* the clients leave by themselves: closing the listener (every worker is gone, and each
+       client closed its copy) resets the connections still queued on it, and a client that sees
+       the stop leaves (ossl_mem_ssl_ctx_done() takes the arena lock now and then: a client
+       killed there would leave a repair behind). What is still there after 2 s is killed. */
+    if (listen_fd >= 0) {
+        close(listen_fd);
+        listen_fd = -1;
+    }
+    for (double give_up = now() + 2; opt.transport == T_SOCKET;) {
+        bool left = false;
+        for (long i = 0; i < opt.workers; i++) {
+            int st;
+            if (clients[i] > 0 && now() >= give_up)
+                kill(clients[i], SIGKILL);
+            if (clients[i] > 0 && waitpid(clients[i], &st, now() >= give_up ? 0 : WNOHANG) == 0) {
+                left = true;
+                continue;
+            }
+            if (clients[i] > 0 && opt.mode != M_GLIBC)
                 ossl_mem_worker_exited(clients[i]);
             clients[i] = 0;
         }
+        if (!left)
+            break;
+        usleep(5000);
+    }
     for (long i = 0; i < opt.workers; i++)
         retire_slot((int)i);
     totals(&res.ok, &res.failed);
+    res.client_ok = atomic_load(&ctl->client_ok);
+    res.client_cut = atomic_load(&ctl->client_cut);
+    res.client_failed = atomic_load(&ctl->client_failed);
     for (int i = 0; i < NF; i++)
         res.faults[i] = atomic_load(&ctl->dead_faults[i]);
     if (opt.mode != M_GLIBC)
@@ -1308,6 +1527,7 @@ int main(int argc, char **argv)
                 res.faults[i] += f[i];
             res.shared_failed = st.shared_failed;
             res.lock_repairs = st.shared_lock_repairs;
+            res.locks_recovered = st.shared_locks_recovered;
             res.shared_left = st.shared_used;
             res.contexts_left = st.shared_contexts;
             if (st.shared_peak > res.shared_peak)
@@ -1325,6 +1545,12 @@ int main(int argc, char **argv)
                  atomic_load(&ctl->first_set) ? ctl->first : "?");
     else if (atomic_load(&ctl->first_set))
         snprintf(why, sizeof why, "%s", ctl->first);
+    else if (res.client_failed)
+        snprintf(why, sizeof why, "%ld client handshakes failed; first failure: %s",
+                 res.client_failed, ctl->client_first);
+    else if (res.client_cut > res.cuts)
+        snprintf(why, sizeof why, "%ld client connections ended with the server vanishing, but "
+                 "only %ld kills found a worker with a connection open", res.client_cut, res.cuts);
     else if (unexpected)
         snprintf(why, sizeof why, "%" PRIu64 " unexpected safety events (see the safety and "
                  "check lines)", unexpected);
