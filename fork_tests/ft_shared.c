@@ -262,7 +262,7 @@ static void case_rsa(const void *a, const void *b)
 /*
  * What registration prevents: a context built in the arena but not
  * registered, freed by one worker, has its reference count reach zero and
- * its keys cleansed under the other processes (DESIGN.md section 1, (a)).
+ * its keys cleansed under the other processes (measured: README, the problem).
  * ossl_mem refuses the frees themselves (inherited), so memory is not
  * reused, but the context is dead: the parent's handshakes fail.
  */
