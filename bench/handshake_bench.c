@@ -35,9 +35,9 @@ static const char usage[] =
     "ends in one process over a BIO pair. For each round the parent forks one child per\n"
     "variant (order rotated every round); the child installs its allocator, makes the\n"
     "PKI and contexts, runs 20 warm-up handshakes, then times N handshakes.\n"
-    "  --variant V     glibc, jemalloc, mimalloc, ossl_mem or ossl_mem:OPTIONS (an ossl_mem\n"
-    "                  options string, e.g. ossl_mem:no-zero); repeatable. Default: glibc,\n"
-    "                  jemalloc, mimalloc, ossl_mem, ossl_mem:no-zero\n"
+    "  --variant V     glibc, jemalloc, mimalloc, glibc-exec, ossl_mem or ossl_mem:OPTIONS\n"
+    "                  (an ossl_mem options string, e.g. ossl_mem:no-zero); repeatable.\n"
+    "                  Default: glibc, jemalloc, mimalloc, ossl_mem, ossl_mem:no-zero\n"
     "  --rounds R      rounds (default 7)\n"
     "  --handshakes N  timed handshakes per child (default 300)\n"
     "  --key ec|rsa    P-256 (default) or RSA-2048 keys\n"
@@ -47,6 +47,8 @@ static const char usage[] =
     "or /usr/lib; JEMALLOC_SO and MIMALLOC_SO override) and runs the glibc variant under it,\n"
     "after checking that malloc resolves to that library. A variant whose library is not\n"
     "found is reported as skipped (Debian: apt-get install libjemalloc2 libmimalloc2.0).\n"
+    "glibc-exec is glibc re-executed the same way with nothing preloaded: the control for\n"
+    "the re-execution itself.\n"
     "Prints one line per child as it finishes, then a table of medians. Exit status 0 if\n"
     "every handshake succeeded and ossl_mem saw no bad free, 1 on any failure, 2 on bad\n"
     "arguments.\n";
@@ -56,6 +58,7 @@ struct variant {
     char label[160];       /* as given on the command line, e.g. "ossl_mem:no-zero" */
     int is_om;             /* 1: install ossl_mem; 0: leave OpenSSL on its default (malloc) */
     const char *options;   /* ossl_mem options string, NULL for the defaults */
+    int reexec;            /* 1: the child re-executes this program (jemalloc, mimalloc, glibc-exec) */
     const char *soname;    /* jemalloc/mimalloc: the library to preload, else NULL */
     char preload[4096];    /* its path, "" if not found (the variant is skipped) */
 };
@@ -184,8 +187,13 @@ static void parse_variant(const char *s, struct variant *v)
     strcpy(v->label, s);
     if (strcmp(s, "glibc") == 0)
         return;
+    if (strcmp(s, "glibc-exec") == 0) { /* the control: re-executed, nothing preloaded */
+        v->reexec = 1;
+        return;
+    }
     for (size_t i = 0; i < sizeof(preloads) / sizeof(preloads[0]); i++)
         if (strcmp(s, preloads[i].name) == 0) {
+            v->reexec = 1;
             v->soname = preloads[i].soname;
             find_preload(preloads[i].soname, preloads[i].env, v->preload, sizeof(v->preload));
             return;
@@ -209,7 +217,8 @@ static void parse_variant(const char *s, struct variant *v)
     if (colon && (!strncmp(s, "glibc:", 6) || !strncmp(s, "jemalloc:", 9) ||
                   !strncmp(s, "mimalloc:", 9)))
         bad_arg("variant '%.*s' takes no options, got '%s'", (int)(colon - s), s, s);
-    bad_arg("unknown variant '%s' (glibc, jemalloc, mimalloc, ossl_mem or ossl_mem:OPTIONS)", s);
+    bad_arg("unknown variant '%s' (glibc, jemalloc, mimalloc, glibc-exec, ossl_mem or "
+            "ossl_mem:OPTIONS)", s);
 }
 
 /* Records a failure message in *rep (first one wins). */
@@ -351,7 +360,7 @@ static int run_child(const struct variant *v, const struct bench_cfg *bc, struct
         close(p[0]);
         alarm(0);
         signal(SIGALRM, SIG_DFL);
-        if (v->soname) {
+        if (v->reexec) {
             /* A preloaded allocator must be there before anything runs: run this program
              * again under LD_PRELOAD; it goes straight to child_main with the same pipe. */
             char fd[16], n[32];
@@ -359,7 +368,10 @@ static int run_child(const struct variant *v, const struct bench_cfg *bc, struct
             snprintf(n, sizeof(n), "%ld", bc->handshakes);
             char *args[] = { (char *)PROG, (char *)CHILD_ARG, fd, (char *)v->label, n,
                              (char *)(bc->key == OMT_KEY_RSA ? "rsa" : "ec"), NULL };
-            setenv("LD_PRELOAD", v->preload, 1);
+            if (v->soname)
+                setenv("LD_PRELOAD", v->preload, 1);
+            else
+                unsetenv("LD_PRELOAD");
             execv("/proc/self/exe", args);
             struct child_report er;
             memset(&er, 0, sizeof(er));
@@ -459,9 +471,9 @@ static double dmax(const double *a, long n)
 }
 
 /*
- * The re-executed child of a jemalloc or mimalloc variant:
+ * The re-executed child of a jemalloc, mimalloc or glibc-exec variant:
  * argv = PROG --preloaded-child FD VARIANT HANDSHAKES ec|rsa, with the
- * library in LD_PRELOAD. Never returns.
+ * library in LD_PRELOAD (none for glibc-exec). Never returns.
  */
 static void __attribute__((noreturn)) preloaded_child(int argc, char **argv)
 {
@@ -470,12 +482,13 @@ static void __attribute__((noreturn)) preloaded_child(int argc, char **argv)
     struct variant v;
     memset(&v, 0, sizeof(v));
     snprintf(v.label, sizeof(v.label), "%s", argv[3]);
+    v.reexec = 1;
     for (size_t i = 0; i < sizeof(preloads) / sizeof(preloads[0]); i++)
         if (strcmp(argv[3], preloads[i].name) == 0)
             v.soname = preloads[i].soname;
     struct bench_cfg bc = { .rounds = 1, .handshakes = atol(argv[4]),
                             .key = strcmp(argv[5], "rsa") ? OMT_KEY_EC : OMT_KEY_RSA };
-    if (!v.soname || bc.handshakes <= 0)
+    if ((!v.soname && strcmp(argv[3], "glibc-exec") != 0) || bc.handshakes <= 0)
         _exit(1);
     child_main(&v, &bc, atoi(argv[2]));
 }
@@ -620,7 +633,7 @@ int main(int argc, char **argv)
     /* the reference: the first glibc variant, else the first one that ran; and mimalloc's */
     int base = -1, mi = -1;
     for (int k = 0; k < nvars; k++)
-        if (!skipped[k] && !vars[k].is_om && !vars[k].soname) {
+        if (!skipped[k] && strcmp(vars[k].label, "glibc") == 0) {
             base = k;
             break;
         }
