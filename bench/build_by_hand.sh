@@ -21,5 +21,5 @@ run "$CC" "${flags[@]}" -o bench/replay_record bench/replay_record.c common/omt.
 run "$CC" "${flags[@]}" -DREPLAY_GLIBC -o bench/replay_glibc bench/replay.c -lcrypto
 run "$CC" "${flags[@]}" -DREPLAY_JEMALLOC -o bench/replay_jemalloc bench/replay.c -lcrypto -ljemalloc
 run "$CC" "${flags[@]}" -DREPLAY_MIMALLOC -o bench/replay_mimalloc bench/replay.c -lcrypto -lmimalloc
-run "$CC" "${flags[@]}" -DREPLAY_OSSL_MEM -o bench/replay_ossl_mem bench/replay.c "$lib" -lcrypto -lpthread
+run "$CC" "${flags[@]}" -DREPLAY_OSSL_MEM -o bench/replay_ossl_mem bench/replay.c "$lib" -lssl -lcrypto -lpthread
 echo "built: bench/handshake_bench bench/replay_record bench/replay_glibc bench/replay_jemalloc bench/replay_mimalloc bench/replay_ossl_mem"

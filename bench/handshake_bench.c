@@ -1,4 +1,8 @@
-/* handshake_bench.c - TLS 1.3 mutual-verified handshakes per second under glibc vs ossl_mem, one forked child per variant and round. */
+/* handshake_bench.c - TLS 1.3 mutual-verified handshakes per second under glibc, jemalloc, mimalloc and ossl_mem, one child per variant and round. */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* dladdr */
+#endif
+#include <dlfcn.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <signal.h>
@@ -7,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <libgen.h>
 #include <sys/resource.h>
 #include <sys/types.h>
 #include <sys/wait.h>
@@ -21,6 +26,7 @@
 #define MAX_VARIANTS 16
 #define MAX_ROUNDS 1000
 #define WARMUP_HANDSHAKES 20
+#define CHILD_ARG "--preloaded-child" /* the re-executed child's first argument (internal) */
 
 static const char usage[] =
     "usage: " PROG " [--variant NAME[:OPTIONS]]... [--rounds R] [--handshakes N]\n"
@@ -29,13 +35,20 @@ static const char usage[] =
     "ends in one process over a BIO pair. For each round the parent forks one child per\n"
     "variant (order rotated every round); the child installs its allocator, makes the\n"
     "PKI and contexts, runs 20 warm-up handshakes, then times N handshakes.\n"
-    "  --variant V     glibc, ossl_mem or ossl_mem:OPTIONS (an ossl_mem options string,\n"
-    "                  e.g. ossl_mem:no-zero); repeatable. Default: glibc, ossl_mem,\n"
-    "                  ossl_mem:no-zero\n"
+    "  --variant V     glibc, jemalloc, mimalloc, glibc-exec, ossl_mem or ossl_mem:OPTIONS\n"
+    "                  (an ossl_mem options string, e.g. ossl_mem:no-zero); repeatable.\n"
+    "                  Default: glibc, jemalloc, mimalloc, ossl_mem, ossl_mem:no-zero\n"
     "  --rounds R      rounds (default 7)\n"
     "  --handshakes N  timed handshakes per child (default 300)\n"
     "  --key ec|rsa    P-256 (default) or RSA-2048 keys\n"
     "  --timeout SEC   time limit of one child (default 60 + N*0.05 for ec, 90 + N*0.2 for rsa)\n"
+    "jemalloc and mimalloc: the child re-executes this program with LD_PRELOAD of\n"
+    "libjemalloc.so.2 or libmimalloc.so.2 (found next to libc, in /usr/local/lib, /usr/lib64\n"
+    "or /usr/lib; JEMALLOC_SO and MIMALLOC_SO override) and runs the glibc variant under it,\n"
+    "after checking that malloc resolves to that library. A variant whose library is not\n"
+    "found is reported as skipped (Debian: apt-get install libjemalloc2 libmimalloc2.0).\n"
+    "glibc-exec is glibc re-executed the same way with nothing preloaded: the control for\n"
+    "the re-execution itself.\n"
     "Prints one line per child as it finishes, then a table of medians. Exit status 0 if\n"
     "every handshake succeeded and ossl_mem saw no bad free, 1 on any failure, 2 on bad\n"
     "arguments.\n";
@@ -43,8 +56,19 @@ static const char usage[] =
 /* One allocator configuration under test. */
 struct variant {
     char label[160];       /* as given on the command line, e.g. "ossl_mem:no-zero" */
-    int is_om;             /* 1: install ossl_mem; 0: leave OpenSSL on glibc malloc */
+    int is_om;             /* 1: install ossl_mem; 0: leave OpenSSL on its default (malloc) */
     const char *options;   /* ossl_mem options string, NULL for the defaults */
+    int reexec;            /* 1: the child re-executes this program (jemalloc, mimalloc, glibc-exec) */
+    const char *soname;    /* jemalloc/mimalloc: the library to preload, else NULL */
+    char preload[4096];    /* its path, "" if not found (the variant is skipped) */
+};
+
+/* The preloadable allocators: variant name, library, variable overriding its path, package. */
+static const struct {
+    const char *name, *soname, *env, *package;
+} preloads[] = {
+    { "jemalloc", "libjemalloc.so.2", "JEMALLOC_SO", "libjemalloc2" },
+    { "mimalloc", "libmimalloc.so.2", "MIMALLOC_SO", "libmimalloc2.0" },
 };
 
 /* What a child sends back through its pipe (smaller than PIPE_BUF: one atomic write). */
@@ -108,10 +132,52 @@ static long count_arg(const char *opt, const char *v, long max)
     return n;
 }
 
+/* The file the malloc symbol resolves to in this process, "?" if unknown. */
+static const char *malloc_library(void)
+{
+    Dl_info di;
+    void *m = dlsym(RTLD_DEFAULT, "malloc");
+    return m && dladdr(m, &di) && di.dli_fname ? di.dli_fname : "?";
+}
+
 /*
- * Parses "glibc", "ossl_mem" or "ossl_mem:OPTIONS" into *v; the options are
- * validated with ossl_mem_options_check(), which touches no OpenSSL state.
- * Exits 2 with one line on stderr for anything else.
+ * Finds <soname> for LD_PRELOAD: the path in environment variable <env> if
+ * set (if that file is not readable, none), else the first readable file among the directory of the
+ * libc this process uses, the same under /usr, /usr/local/lib, /usr/lib64 and
+ * /usr/lib. Writes the path into out, or "" if none was found.
+ */
+static void find_preload(const char *soname, const char *env, char *out, size_t outsz)
+{
+    out[0] = 0;
+    const char *e = getenv(env);
+    if (e && *e) {
+        if (strlen(e) < outsz && access(e, R_OK) == 0)
+            strcpy(out, e);
+        return;
+    }
+    char libc[4096];
+    snprintf(libc, sizeof(libc), "%s", malloc_library());
+    const char *dir = libc[0] == '/' ? dirname(libc) : "/usr/lib";
+    char usrdir[4200];
+    snprintf(usrdir, sizeof(usrdir), "/usr%s", dir);
+    const char *dirs[] = { dir, strncmp(dir, "/usr/", 5) ? usrdir : dir, "/usr/local/lib",
+                           "/usr/lib64", "/usr/lib" };
+    for (size_t i = 0; i < sizeof(dirs) / sizeof(dirs[0]); i++) {
+        char p[4400];
+        snprintf(p, sizeof(p), "%s/%s", dirs[i], soname);
+        if (strlen(p) < outsz && access(p, R_OK) == 0) {
+            strcpy(out, p);
+            return;
+        }
+    }
+}
+
+/*
+ * Parses "glibc", "jemalloc", "mimalloc", "ossl_mem" or "ossl_mem:OPTIONS"
+ * into *v; the options are validated with ossl_mem_options_check(), which
+ * touches no OpenSSL state, and the jemalloc/mimalloc library is looked for
+ * (v->preload stays "" if it is missing). Exits 2 with one line on stderr
+ * for anything else.
  */
 static void parse_variant(const char *s, struct variant *v)
 {
@@ -121,6 +187,17 @@ static void parse_variant(const char *s, struct variant *v)
     strcpy(v->label, s);
     if (strcmp(s, "glibc") == 0)
         return;
+    if (strcmp(s, "glibc-exec") == 0) { /* the control: re-executed, nothing preloaded */
+        v->reexec = 1;
+        return;
+    }
+    for (size_t i = 0; i < sizeof(preloads) / sizeof(preloads[0]); i++)
+        if (strcmp(s, preloads[i].name) == 0) {
+            v->reexec = 1;
+            v->soname = preloads[i].soname;
+            find_preload(preloads[i].soname, preloads[i].env, v->preload, sizeof(v->preload));
+            return;
+        }
     if (strcmp(s, "ossl_mem") == 0) {
         v->is_om = 1;
         return;
@@ -136,9 +213,12 @@ static void parse_variant(const char *s, struct variant *v)
         v->options = opts;
         return;
     }
-    if (strncmp(s, "glibc:", 6) == 0)
-        bad_arg("variant 'glibc' takes no options, got '%s'", s);
-    bad_arg("unknown variant '%s' (glibc, ossl_mem or ossl_mem:OPTIONS)", s);
+    const char *colon = strchr(s, ':');
+    if (colon && (!strncmp(s, "glibc:", 6) || !strncmp(s, "jemalloc:", 9) ||
+                  !strncmp(s, "mimalloc:", 9)))
+        bad_arg("variant '%.*s' takes no options, got '%s'", (int)(colon - s), s, s);
+    bad_arg("unknown variant '%s' (glibc, jemalloc, mimalloc, glibc-exec, ossl_mem or "
+            "ossl_mem:OPTIONS)", s);
 }
 
 /* Records a failure message in *rep (first one wins). */
@@ -189,6 +269,14 @@ static void __attribute__((noreturn)) child_main(const struct variant *v,
     memset(&st0, 0, sizeof(st0));
     memset(&st1, 0, sizeof(st1));
 
+    if (v->soname) {
+        /* re-executed under LD_PRELOAD: make sure it took (ld.so only warns if it did not) */
+        const char *lib = malloc_library(), *slash = strrchr(lib, '/');
+        if (strcmp(slash ? slash + 1 : lib, v->soname) != 0) {
+            fail(&rep, "malloc does not come from the preloaded library", lib);
+            goto out;
+        }
+    }
     if (v->is_om) {
         struct ossl_mem_config cfg;
         memset(&cfg, 0, sizeof(cfg));
@@ -272,6 +360,25 @@ static int run_child(const struct variant *v, const struct bench_cfg *bc, struct
         close(p[0]);
         alarm(0);
         signal(SIGALRM, SIG_DFL);
+        if (v->reexec) {
+            /* A preloaded allocator must be there before anything runs: run this program
+             * again under LD_PRELOAD; it goes straight to child_main with the same pipe. */
+            char fd[16], n[32];
+            snprintf(fd, sizeof(fd), "%d", p[1]);
+            snprintf(n, sizeof(n), "%ld", bc->handshakes);
+            char *args[] = { (char *)PROG, (char *)CHILD_ARG, fd, (char *)v->label, n,
+                             (char *)(bc->key == OMT_KEY_RSA ? "rsa" : "ec"), NULL };
+            if (v->soname)
+                setenv("LD_PRELOAD", v->preload, 1);
+            else
+                unsetenv("LD_PRELOAD");
+            execv("/proc/self/exe", args);
+            struct child_report er;
+            memset(&er, 0, sizeof(er));
+            fail(&er, "cannot re-execute /proc/self/exe", strerror(errno));
+            ssize_t w = write(p[1], &er, sizeof(er));
+            _exit(w == (ssize_t)sizeof(er) ? 0 : 1);
+        }
         child_main(v, bc, p[1]);
     }
     close(p[1]);
@@ -363,8 +470,33 @@ static double dmax(const double *a, long n)
     return m;
 }
 
+/*
+ * The re-executed child of a jemalloc, mimalloc or glibc-exec variant:
+ * argv = PROG --preloaded-child FD VARIANT HANDSHAKES ec|rsa, with the
+ * library in LD_PRELOAD (none for glibc-exec). Never returns.
+ */
+static void __attribute__((noreturn)) preloaded_child(int argc, char **argv)
+{
+    if (argc != 6)
+        _exit(1);
+    struct variant v;
+    memset(&v, 0, sizeof(v));
+    snprintf(v.label, sizeof(v.label), "%s", argv[3]);
+    v.reexec = 1;
+    for (size_t i = 0; i < sizeof(preloads) / sizeof(preloads[0]); i++)
+        if (strcmp(argv[3], preloads[i].name) == 0)
+            v.soname = preloads[i].soname;
+    struct bench_cfg bc = { .rounds = 1, .handshakes = atol(argv[4]),
+                            .key = strcmp(argv[5], "rsa") ? OMT_KEY_EC : OMT_KEY_RSA };
+    if ((!v.soname && strcmp(argv[3], "glibc-exec") != 0) || bc.handshakes <= 0)
+        _exit(1);
+    child_main(&v, &bc, atoi(argv[2]));
+}
+
 int main(int argc, char **argv)
 {
+    if (argc > 1 && strcmp(argv[1], CHILD_ARG) == 0)
+        preloaded_child(argc, argv);
     struct variant vars[MAX_VARIANTS];
     int nvars = 0;
     struct bench_cfg bc = { .rounds = 7, .handshakes = 300, .key = OMT_KEY_EC, .timeout = 0 };
@@ -412,6 +544,8 @@ int main(int argc, char **argv)
     }
     if (nvars == 0) {
         parse_variant("glibc", &vars[nvars++]);
+        parse_variant("jemalloc", &vars[nvars++]);
+        parse_variant("mimalloc", &vars[nvars++]);
         parse_variant("ossl_mem", &vars[nvars++]);
         parse_variant("ossl_mem:no-zero", &vars[nvars++]);
     }
@@ -440,10 +574,28 @@ int main(int argc, char **argv)
         return 1;
     }
 
+    /* A preloaded allocator whose library is missing is skipped, and said so. */
+    int skipped[MAX_VARIANTS] = { 0 }, nrun = 0;
+    for (int k = 0; k < nvars; k++) {
+        skipped[k] = vars[k].soname && !vars[k].preload[0];
+        nrun += !skipped[k];
+    }
     printf("# %s: %ld rounds x %d variants, %ld timed handshakes each (+%d warm-up), "
            "TLS 1.3, mutual verification, %s keys, BIO pair; child time limit %u s\n",
-           PROG, R, nvars, bc.handshakes, WARMUP_HANDSHAKES,
+           PROG, R, nrun, bc.handshakes, WARMUP_HANDSHAKES,
            bc.key == OMT_KEY_RSA ? "RSA-2048" : "P-256", bc.timeout);
+    for (int k = 0; k < nvars; k++)
+        if (vars[k].soname && !skipped[k])
+            printf("# %s: LD_PRELOAD=%s\n", vars[k].label, vars[k].preload);
+        else if (skipped[k])
+            printf("# %s: SKIPPED: %s not found (set %s, or apt-get install %s)\n", vars[k].label,
+                   vars[k].soname, vars[k].soname == preloads[0].soname ? preloads[0].env
+                   : preloads[1].env, vars[k].soname == preloads[0].soname ? preloads[0].package
+                   : preloads[1].package);
+    if (nrun == 0) {
+        fprintf(stderr, PROG ": every variant was skipped: nothing to run\n");
+        return 1;
+    }
     int lw = 8;
     for (int k = 0; k < nvars; k++)
         lw = (int)strlen(vars[k].label) > lw ? (int)strlen(vars[k].label) : lw;
@@ -452,6 +604,8 @@ int main(int argc, char **argv)
     for (long r = 0; r < R; r++) {
         for (int k = 0; k < nvars; k++) {
             int vi = (int)((r + k) % nvars); /* rotated: each variant leads some rounds */
+            if (skipped[vi])
+                continue;
             struct child_report rep;
             if (run_child(&vars[vi], &bc, &rep) != 0) {
                 fprintf(stderr, PROG ": round %ld, variant %s: FAILED: %s\n", r + 1,
@@ -476,23 +630,35 @@ int main(int argc, char **argv)
         }
     }
 
-    int base = 0;
+    /* the reference: the first glibc variant, else the first one that ran; and mimalloc's */
+    int base = -1, mi = -1;
     for (int k = 0; k < nvars; k++)
-        if (!vars[k].is_om) {
+        if (!skipped[k] && strcmp(vars[k].label, "glibc") == 0) {
             base = k;
             break;
         }
+    for (int k = 0; k < nvars; k++) {
+        if (base < 0 && !skipped[k])
+            base = k;
+        if (mi < 0 && !skipped[k] && strcmp(vars[k].label, "mimalloc") == 0)
+            mi = k;
+    }
     double base_med = median(hs + base * R, R);
     char ratio_hdr[48];
     snprintf(ratio_hdr, sizeof(ratio_hdr), "vs %s", vars[base].label);
 
     int rw = strlen(ratio_hdr) > 8 ? (int)strlen(ratio_hdr) : 8;
-    printf("\n%-*s  %11s  %10s  %10s  %*s  %7s  %10s  %12s  %9s  %9s\n", lw, "variant",
+    printf("\n%-*s  %11s  %10s  %10s  %*s  %7s  %10s  %12s  %9s  %9s", lw, "variant",
            "median hs/s", "min", "max", rw, ratio_hdr, "paired", "RSS KiB", "om peak KiB",
            "allocs/hs", "bad frees");
+    printf(mi >= 0 ? "  %11s\n" : "\n", "vs mimalloc");
     int any_bad = 0;
     double *pr = calloc((size_t)R, sizeof(*pr));
     for (int k = 0; k < nvars; k++) {
+        if (skipped[k]) {
+            printf("%-*s  skipped: %s not found\n", lw, vars[k].label, vars[k].soname);
+            continue;
+        }
         const double *h = hs + k * R;
         double med = median(h, R);
         /* paired: the median of this variant's rate over the base's rate in the same round,
@@ -503,15 +669,21 @@ int main(int argc, char **argv)
                dmin(h, R), dmax(h, R), rw, med / base_med, pr ? median(pr, R) : 0.0,
                median(rss + k * R, R));
         if (vars[k].is_om)
-            printf("  %12.0f  %9.1f  %9" PRIu64 "\n", median(peak + k * R, R) / 1024.0,
+            printf("  %12.0f  %9.1f  %9" PRIu64, median(peak + k * R, R) / 1024.0,
                    median(apl + k * R, R), bad_frees[k]);
         else
-            printf("  %12s  %9s  %9s\n", "-", "-", "-");
+            printf("  %12s  %9s  %9s", "-", "-", "-");
+        if (mi >= 0) {
+            for (long r = 0; r < R && pr; r++)
+                pr[r] = h[r] / hs[mi * R + r];
+            printf("  %11.3f", pr ? median(pr, R) : 0.0);
+        }
+        printf("\n");
         any_bad |= bad_frees[k] != 0;
     }
-    printf("(medians over %ld rounds; paired = median of per-round ratios; RSS = peak RSS of the "
-           "child; om peak = ossl_mem peak_bytes; allocs/hs = ossl_mem allocs per timed "
-           "handshake)\n", R);
+    printf("(medians over %ld rounds; paired = median of per-round ratios to %s%s; RSS = peak RSS "
+           "of the child; om peak = ossl_mem peak_bytes; allocs/hs = ossl_mem allocs per timed "
+           "handshake)\n", R, vars[base].label, mi >= 0 ? ", vs mimalloc likewise to mimalloc" : "");
     free(pr);
     free(hs);
     free(rss);
