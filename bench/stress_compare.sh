@@ -9,9 +9,11 @@
 # is not installed (apt-get install libmimalloc2.0, or tools/setup.sh --bench), the mimalloc
 # runs are skipped and said so. Every process of the tool is under the preload, workers and
 # clients alike; OpenSSL is left on its default allocator, so its malloc is mimalloc's.
+# KILL_EVERY=S adds a fourth mode, "kills": --mode shared with --kill-every S (SIGKILLs at random
+# instants, workers replaced), in the same rounds, and columns comparing it with shared and glibc.
 # Run by hand (never in CI); the machine should be otherwise idle.
 set -euo pipefail
-case "${1:-}" in -h | --help) sed -n '2,12s/^# \{0,1\}//p' "$0"; exit 0 ;; esac
+case "${1:-}" in -h | --help) sed -n '2,14s/^# \{0,1\}//p' "$0"; exit 0 ;; esac
 cd "$(dirname "$0")/.."
 secs=${1:-5}
 rounds=${2:-3}
@@ -34,6 +36,7 @@ if [ -z "$mi" ] || [ ! -r "$mi" ]; then
 else
     echo "mimalloc: ossl-mem-stress --mode glibc with LD_PRELOAD=$mi"
 fi
+[ -z "${KILL_EVERY:-}" ] || modes_all+=(kills)
 out=$(mktemp /tmp/stress_compare.XXXXXX)
 trap 'rm -f "$out" "$out.json" "$out.err"' EXIT
 n=${#modes_all[@]}
@@ -42,10 +45,11 @@ for r in $(seq "$rounds"); do
         for w in "${workers[@]}"; do
             for k in $(seq 0 $((n - 1))); do
                 m=${modes_all[$(( (r - 1 + k) % n ))]}   # rotated: each mode leads some rounds
-                pre="" mode=$m
+                pre="" mode=$m extra=()
                 [ "$m" != mimalloc ] || { pre=$mi; mode=glibc; }
+                [ "$m" != kills ] || { mode=shared; extra=(--kill-every "$KILL_EVERY"); }
                 LD_PRELOAD=$pre "$tool" --mode "$mode" --transport "$tr" --workers "$w" \
-                    --seconds "$secs" --json "$out.json" >/dev/null 2>"$out.err" ||
+                    --seconds "$secs" "${extra[@]}" --json "$out.json" >/dev/null 2>"$out.err" ||
                     { tail -n 3 "$out.err"; echo "run failed: $m $tr $w"; exit 1; }
                 ! grep -q 'cannot be preloaded' "$out.err" ||
                     { head -n 1 "$out.err"; echo "run failed: $m $tr $w: no mimalloc"; exit 1; }
@@ -62,12 +66,15 @@ runs = {}
 for r, tr, w, m, rate in rows:
     runs.setdefault((tr, int(w)), {}).setdefault(m, {})[r] = float(rate)
 have_mi = any("mimalloc" in d for d in runs.values())
+have_k = any("kills" in d for d in runs.values())
 def paired(a, b):
     return S.median([a[r] / b[r] for r in a if r in b])
 hdr = "\n%-8s %7s %12s %12s %10s %10s" % ("transport", "workers", "shared hs/s", "glibc hs/s",
                                           "ratio", "paired")
 if have_mi:
     hdr += " %14s %11s %11s %11s" % ("mimalloc hs/s", "sh/mi", "sh/mi pair", "gl/mi pair")
+if have_k:
+    hdr += " %11s %11s %11s" % ("kills hs/s", "k/sh pair", "k/gl pair")
 print(hdr)
 for (tr, w), d in sorted(runs.items()):
     sh, gl = d["shared"], d["glibc"]
@@ -77,8 +84,13 @@ for (tr, w), d in sorted(runs.items()):
         mi = d["mimalloc"]
         line += " %14.0f %11.3f %11.3f %11.3f" % (S.median(mi.values()),
                 S.median(sh.values()) / S.median(mi.values()), paired(sh, mi), paired(gl, mi))
+    if have_k:
+        k = d["kills"]
+        line += " %11.0f %11.3f %11.3f" % (S.median(k.values()), paired(k, sh), paired(k, gl))
     print(line)
 print("(medians over the rounds; ratio = shared/glibc of the medians, paired = median of the "
       "per-round shared/glibc ratios" + ("; sh/mi and sh/mi pair the same against mimalloc, "
-      "gl/mi pair = glibc/mimalloc per round" if have_mi else "") + ")")
+      "gl/mi pair = glibc/mimalloc per round" if have_mi else "") + ("; k/sh pair and k/gl pair = "
+      "shared with kills against shared without and against glibc, per round" if have_k else "")
+      + ")")
 PY
