@@ -79,6 +79,7 @@ int om_pool_init(void)
     om_g.region = (char *)b;
     om_g.region_size = want;
     atomic_store(&om_g.region_used, 0);
+    om_g.fast_lo = b + OM_SLOT_SIZE;
     /* commit the first segment now: the free fast path relies on region_used > 0 */
     return seg_new() ? 0 : OSSL_MEM_E_NOMEM;
 }
@@ -109,6 +110,7 @@ static struct om_seg *seg_new(void)
     memset(s->slot_first, 0, sizeof s->slot_first);
     s->next_slot = 1;
     atomic_store_explicit(&om_g.region_used, used + OM_SEG_SIZE, memory_order_release);
+    atomic_store_explicit(&om_g.fast_len, used + OM_SEG_SIZE - OM_SLOT_SIZE, memory_order_release);
     om_g.cur_seg = s;
     return s;
 }
@@ -154,7 +156,7 @@ out:
 void om_tc_refill(struct om_tc *tc, unsigned cls)
 {
     struct om_central *ce = &om_g.central[cls];
-    unsigned want = om_cls[cls].tc_cap / 2, got;
+    unsigned want = tc->cc[cls].cap / 2, got;
     uint32_t stride = om_cls[cls].stride;
 
     pthread_mutex_lock(&ce->lock);
@@ -179,7 +181,7 @@ void om_tc_refill(struct om_tc *tc, unsigned cls)
         }
     }
     pthread_mutex_unlock(&ce->lock);
-    tc->n[cls] = got;
+    tc->cc[cls].n = (uint16_t)got;
 }
 
 /*
@@ -235,12 +237,12 @@ void om_central_put(unsigned cls, struct om_chunk **v, unsigned n)
 void *om_pool_alloc(struct om_tc *tc, size_t size, uint16_t site, uint8_t tag)
 {
     unsigned cls = om_size_class(size);
-    if (OM_UNLIKELY(tc->n[cls] == 0)) {
+    if (OM_UNLIKELY(tc->cc[cls].n == 0)) {
         om_tc_refill(tc, cls);
-        if (tc->n[cls] == 0)
+        if (tc->cc[cls].n == 0)
             return NULL;
     }
-    struct om_chunk *h = tc->slot[cls][--tc->n[cls]];
+    struct om_chunk *h = tc->slot[cls][--tc->cc[cls].n];
     om_hdr_store_live(h, (uint32_t)size, site, om_g.owner, (uint8_t)cls, tag);
     return om_user(h);
 }

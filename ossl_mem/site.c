@@ -19,6 +19,7 @@ int om_site_init(void)
     if (!m)
         return OSSL_MEM_E_NOMEM;
     om_g.sites = m;
+    om_g.site_mul = 0x9E3779B97F4A7C15ull;
     pthread_mutex_init(&om_g.tags_lock, NULL);
     strcpy(om_g.tag_names[0], "openssl");
     atomic_store(&om_g.ntags, 1);
@@ -37,7 +38,7 @@ uint16_t om_site_id_slow(const char *file, int line)
     if (OM_UNLIKELY(f >> SITE_LINE_SHIFT || line < 0 || line > SITE_LINE_MAX))
         return OM_SITE_OTHER;
     uint64_t key = (uint64_t)f | (uint64_t)line << SITE_LINE_SHIFT;
-    uint32_t i = (uint32_t)((key * 0x9E3779B97F4A7C15ull) >> 48);
+    uint32_t i = (uint32_t)((key * om_g.site_mul) >> 48);
     for (unsigned probes = 0; probes < OM_NSITES; probes++, i = (i + 1) & (OM_NSITES - 1)) {
         if (i < 2)
             continue; /* ids 0 and 1 are reserved */
