@@ -138,6 +138,7 @@ struct om_central {
 /* ------------------------------------------------------------------ */
 
 #define OM_NSITES       65536
+#define OM_SITES_HOT_SHIFT 12   /* a site's first slot is among the table's first 4096 */
 #define OM_SITE_NONE    0   /* file NULL and line 0, or nothing recorded */
 #define OM_SITE_OTHER   1   /* table full or unencodable file:line */
 
@@ -736,11 +737,13 @@ OM_HIDDEN extern _Atomic uint64_t om_lock_inits_shared;
 /*
  * The id of OpenSSL site <file>:<line>: one probe of the shared site table
  * when the site is known (the common case), om_site_id_slow() otherwise.
+ * The probe is in the table's first 4096 slots (32 KiB), where most sites
+ * live: site.c says why.
  */
 static inline uint16_t om_site_id(const char *file, int line)
 {
     uint64_t key = (uint64_t)(uintptr_t)file | (uint64_t)(uint32_t)line << 47;
-    uint32_t i = (uint32_t)((key * om_g.site_mul) >> 48);
+    uint32_t i = (uint32_t)((key * om_g.site_mul) >> (64 - OM_SITES_HOT_SHIFT));
     /* slots 0 and 1 hold 0, which only the key of (NULL, 0), site 0, matches */
     if (OM_LIKELY(atomic_load_explicit(&om_g.sites[i], memory_order_relaxed) == key))
         return (uint16_t)i;

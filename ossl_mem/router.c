@@ -198,7 +198,7 @@ static OM_COLD void *malloc_slow(size_t n, const char *file, int line)
 static inline __attribute__((always_inline)) uint32_t site_fast(const char *file, int line)
 {
     uint64_t key = (uint64_t)(uintptr_t)file | (uint64_t)(uint32_t)line << 47;
-    uint32_t i = (uint32_t)((key * om_g.site_mul) >> 48);
+    uint32_t i = (uint32_t)((key * om_g.site_mul) >> (64 - OM_SITES_HOT_SHIFT));
     if (OM_LIKELY(atomic_load_explicit(&om_g.sites[i], memory_order_relaxed) == key))
         return i;
     return 0xFFFFFFFFu;
