@@ -249,6 +249,7 @@ int ossl_mem_tag_push(const char *tag)
     if (id >= 0) {
         tc->tags[tc->depth++] = (uint8_t)id;
         tc->tag = (uint8_t)id;
+        tc->w1_tag = om_w1_tag(tc->tag);
     }
     om_tc_leave(tc);
     return id < 0 ? id : 0;
@@ -262,6 +263,7 @@ void ossl_mem_tag_pop(void)
     if (tc->depth > 0)
         tc->depth--;
     tc->tag = tc->depth ? tc->tags[tc->depth - 1] : 0;
+    tc->w1_tag = om_w1_tag(tc->tag);
     om_tc_leave(tc);
 }
 

@@ -191,6 +191,7 @@ struct om_tc {
     uint8_t depth;                          /* tag stack depth */
     uint8_t shared_set;                     /* set id of the outermost open shared scope */
     uint8_t reclaiming;                     /* destroying a shared context: frees of shared chunks are performed */
+    uint64_t w1_tag;                        /* om_w1_tag(tag): the tag's part of a new header's second word */
     struct om_tstat st;                     /* this thread's counters */
     struct om_tcc cc[OM_NCLS];              /* per class: cached chunks and capacity */
     struct om_quar quar;                    /* quarantine */
@@ -313,8 +314,7 @@ struct __attribute__((aligned(64))) om_global {
 
 OM_HIDDEN extern struct om_global om_g;
 OM_HIDDEN extern struct om_class om_cls[OM_NCLS];
-OM_HIDDEN extern uint8_t om_cls_small[65];   /* (size + 15) >> 4, size <= 1024 */
-OM_HIDDEN extern uint8_t om_cls_mid[128];    /* (size - 1) >> 8, 1024 < size <= 32768 */
+OM_HIDDEN extern uint8_t om_cls_small[OM_SMALL_MAX / 16 + 1]; /* by (size + 15) >> 4: one load, no branch */
 extern __thread struct om_tc *om_tls_tc __attribute__((tls_model("initial-exec")));
 
 #define OM_TC_DEAD ((struct om_tc *)1)
@@ -392,9 +392,7 @@ struct om_arena {
 /* Size class of a request of <size> <= OM_SMALL_MAX bytes. */
 static inline unsigned om_size_class(size_t size)
 {
-    if (size <= 1024)
-        return om_cls_small[(size + 15) >> 4];
-    return om_cls_mid[(size - 1) >> 8];
+    return om_cls_small[(size + 15) >> 4];
 }
 
 /* A keyed 16-bit mix of a small field value. */
@@ -445,6 +443,25 @@ static inline void om_hdr_store_live_f(struct om_chunk *h, uint32_t size, uint16
     uint64_t w0 = (uint64_t)size | (uint64_t)asite << 32;
     uint64_t w1 = (uint64_t)owner | (uint64_t)cls << 16 | (uint64_t)tag << 24 |
                   (uint64_t)OM_ST_LIVE << 32 | (uint64_t)flags << 40;
+    w1 |= (uint64_t)(uint16_t)(om_check_base(h, w0, w1) ^ om_g.k_live) << 48;
+    memcpy(h, &w0, 8);
+    memcpy((char *)h + 8, &w1, 8);
+}
+
+/* The tag's and the live state's part of the second word of a new chunk's header. */
+static inline uint64_t om_w1_tag(uint8_t tag)
+{
+    return (uint64_t)tag << 24 | (uint64_t)OM_ST_LIVE << 32;
+}
+
+/*
+ * Writes the header of a private chunk being handed out, from its second
+ * word without the check, <w1> (owner, class, tag, state live, no flags).
+ */
+static inline void om_hdr_store_live_w1(struct om_chunk *h, uint32_t size, uint16_t asite,
+                                        uint64_t w1)
+{
+    uint64_t w0 = (uint64_t)size | (uint64_t)asite << 32;
     w1 |= (uint64_t)(uint16_t)(om_check_base(h, w0, w1) ^ om_g.k_live) << 48;
     memcpy(h, &w0, 8);
     memcpy((char *)h + 8, &w1, 8);

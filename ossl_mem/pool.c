@@ -5,8 +5,7 @@
 #include "om.h"
 
 struct om_class om_cls[OM_NCLS];
-uint8_t om_cls_small[65];
-uint8_t om_cls_mid[128];
+uint8_t om_cls_small[OM_SMALL_MAX / 16 + 1];
 
 /*
  * Usable sizes, tuned to OpenSSL's profile: a quarter of its requests are
@@ -42,17 +41,10 @@ int om_pool_init(void)
         k->tc_cap = cap > OM_TC_CAP ? OM_TC_CAP : cap < 4 ? 4 : cap;
     }
     unsigned c = 0;
-    for (unsigned i = 0; i <= 64; i++) {
+    for (unsigned i = 0; i <= OM_SMALL_MAX / 16; i++) {
         while (class_sizes[c] < i * 16)
             c++;
         om_cls_small[i] = (uint8_t)c;
-    }
-    for (unsigned i = 4; i < 128; i++) {
-        size_t top = (size_t)(i + 1) << 8; /* largest size mapped to entry i */
-        c = 0;
-        while (class_sizes[c] < top)
-            c++;
-        om_cls_mid[i] = (uint8_t)c;
     }
     for (c = 0; c < OM_NCLS; c++) {
         pthread_mutex_init(&om_g.central[c].lock, NULL);

@@ -242,9 +242,9 @@ void *om_malloc_cb(size_t n, const char *file, int line)
         return malloc_slow(n, file, line); /* waits there (om_op_begin), nothing changed yet */
     struct om_chunk *h = tc->slot[cls][k - 1];
     tc->cc[cls].n = (uint16_t)(k - 1);
-    uint8_t tag = tc->tag;
-    om_hdr_store_live(h, (uint32_t)n, (uint16_t)site, om_g.owner, (uint8_t)cls, tag);
-    OM_CTR_ADD(tc->st.tag_allocs[tag], 1);
+    om_hdr_store_live_w1(h, (uint32_t)n, (uint16_t)site,
+                         tc->w1_tag | om_g.owner | (uint64_t)cls << 16);
+    OM_CTR_ADD(tc->st.tag_allocs[tc->tag], 1);
     int64_t l = tc->st.live + (int64_t)n;
     OM_CTR_SET(tc->st.live, l);
     if (OM_UNLIKELY(stat_due(tc, l)))

@@ -36,6 +36,7 @@ static struct om_tc *tc_new(bool orphan)
     if (!tc)
         return NULL;
     tc->orphan = orphan;
+    tc->w1_tag = om_w1_tag(0);
     tc->thread = pthread_self();
     for (unsigned c = 0; c < OM_NCLS; c++)
         tc->cc[c].cap = (uint16_t)om_cls[c].tc_cap;
