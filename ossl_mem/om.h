@@ -252,7 +252,7 @@ enum om_fault {
 };
 
 struct __attribute__((aligned(64))) om_global {
-    /* first cache line: what the malloc and free fast paths read */
+    /* first two cache lines: what the malloc and free fast paths read (with opt, below) */
     uint8_t gate;                   /* OM_GATE_*: any bit sends om_op_begin() to its slow path */
     uint16_t k_live;                /* state and free-site part of a live header's check */
     uint16_t k_free_freed;          /* check change of a free: live -> freed, no free site */

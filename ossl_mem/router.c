@@ -310,12 +310,10 @@ static OM_COLD void free_slow_site(void *p, uint32_t site)
 
 /*
  * The rest of a free that the fast path validated but does not finish
- * itself (a large wipe, a full cache, an unknown site, an unmapped
- * quarantine ring, a fork in progress, a debugging scrub). Nothing was
- * changed yet; the busy flag may be up. Not marked cold: it wipes the
- * larger chunks, and a cold function's memset becomes a byte-wise rep stosb.
+ * itself (a full cache, an unmapped quarantine ring, a fork in progress, a
+ * debugging scrub), its site known. Nothing was changed yet; the busy flag
+ * may be up. Not marked cold: gcc would compile it for size.
  */
-
 static __attribute__((noinline)) void free_rest_site(struct om_tc *tc, struct om_chunk *h,
                                                       unsigned cls, uint32_t size, uint32_t site)
 {
@@ -336,8 +334,8 @@ static OM_COLD void end_free(struct om_tc *tc, bool drain, bool flush)
 
 /*
  * The part of a fast free common to both destinations: counters, the wipe
- * of the requested bytes, the header marked freed with
- * its free site. Returns whether the live bytes must be flushed.
+ * of the requested bytes, the header marked freed with its free site.
+ * Returns whether the live bytes must be flushed.
  */
 static inline __attribute__((always_inline)) bool free_commit(struct om_tc *tc,
                                                               struct om_chunk *h, uint32_t size,
@@ -364,8 +362,9 @@ static inline __attribute__((always_inline)) bool free_commit(struct om_tc *tc,
  * forge a live header for that very address under this process's secret
  * cookie. Everything else (large chunks, NULL, double frees, interior and
  * foreign pointers, damaged headers) goes through free_slow(), which
- * classifies by address arithmetic and reports. The fast path makes no
- * calls: what it does not finish goes to free_rest() before anything is
+ * classifies by address arithmetic and reports (with the site decoded back,
+ * free_slow_site(), once it was looked up). The fast path makes no calls:
+ * what it does not finish goes to free_rest_site() before anything is
  * changed, and a quarantine drain or a statistics flush to end_free() at
  * the end, both as tail calls.
  */
