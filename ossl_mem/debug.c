@@ -216,14 +216,14 @@ static void verify_next(struct om_tc *tc, size_t want, const char *file, int lin
     if (tc->orphan || want > OM_SMALL_MAX)
         return;
     unsigned cls = om_size_class(want);
-    if (tc->n[cls] == 0) {
+    if (tc->cc[cls].n == 0) {
         om_op_begin(tc);
         om_tc_refill(tc, cls);
         om_op_end(tc);
-        if (tc->n[cls] == 0)
+        if (tc->cc[cls].n == 0)
             return;
     }
-    verify_chunk(tc->slot[cls][tc->n[cls] - 1], cls, file, line);
+    verify_chunk(tc->slot[cls][tc->cc[cls].n - 1], cls, file, line);
 }
 
 /* With fill: verifies chunk <h> of class <cls>, about to be handed out again, while its header still tells its last life. */
@@ -349,7 +349,7 @@ void *om_dbg_malloc(size_t n, const char *file, int line)
     if (OM_LIKELY((uintptr_t)tc0 > (uintptr_t)OM_TC_DEAD && want0 <= OM_SMALL_MAX &&
                   !tc0->shared_depth && !tc0->orphan)) {
         unsigned cls = om_size_class(want0);
-        uint32_t k = tc0->n[cls];
+        uint32_t k = tc0->cc[cls].n;
         if (OM_LIKELY(k != 0)) {
             tick();
             if (OM_UNLIKELY(inject() || !charge(n, tc0->tag))) {
@@ -364,7 +364,7 @@ void *om_dbg_malloc(size_t n, const char *file, int line)
             if (om_g.opt.fill)
                 verify_chunk(h, cls, file, line);
             om_op_begin(tc0);
-            tc0->n[cls] = k - 1;
+            tc0->cc[cls].n = (uint16_t)(k - 1);
             uint8_t tag = tc0->tag;
             om_hdr_store_live(h, (uint32_t)n, om_site_id(file, line), om_g.owner, (uint8_t)cls,
                               tag);

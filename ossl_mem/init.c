@@ -66,7 +66,7 @@ bool om_hooks_ours(void)
     CRYPTO_get_mem_functions(&m, &r, &f);
     if (om_dbg_on())
         return m == om_dbg_malloc && r == om_dbg_realloc && f == om_dbg_free;
-    return m == om_malloc_cb && r == om_realloc_cb && f == om_free_cb;
+    return m == om_malloc_cb && r == om_realloc_cb && f == om_free_entry();
 }
 
 static void fork_prepare(void)
@@ -200,6 +200,9 @@ int ossl_mem_init(const struct ossl_mem_config *cfg)
     }
 
     om_g.cookie = make_cookie();
+    om_g.hmul0 = 0x9E3779B97F4A7C15ull;
+    om_g.hmul1 = 0xC2B2AE3D27D4EB4Full;
+    om_g.hmask1 = 0xFF00FFFFFFFFull;
     om_g.state_key = (om_g.cookie * 0xBF58476D1CE4E5B9ull) | 1;
     om_g.site_key = ((om_g.cookie >> 17 | om_g.cookie << 47) * 0x94D049BB133111EBull) | 1;
     uint16_t live = om_mix16(OM_ST_LIVE, om_g.state_key), nosite = om_mix16(0, om_g.site_key);
@@ -216,7 +219,7 @@ int ossl_mem_init(const struct ossl_mem_config *cfg)
     om_locks_init();
     pthread_atfork(fork_prepare, fork_parent, fork_child);
     if (om_dbg_on() ? !CRYPTO_set_mem_functions(om_dbg_malloc, om_dbg_realloc, om_dbg_free)
-                    : !CRYPTO_set_mem_functions(om_malloc_cb, om_realloc_cb, om_free_cb)) {
+                    : !CRYPTO_set_mem_functions(om_malloc_cb, om_realloc_cb, om_free_entry())) {
         rc = OSSL_MEM_E_TOO_LATE;
         goto fail;
     }
@@ -248,6 +251,7 @@ int ossl_mem_tag_push(const char *tag)
     if (id >= 0) {
         tc->tags[tc->depth++] = (uint8_t)id;
         tc->tag = (uint8_t)id;
+        tc->w1_tag = om_w1_tag(tc->tag);
     }
     om_tc_leave(tc);
     return id < 0 ? id : 0;
@@ -261,6 +265,7 @@ void ossl_mem_tag_pop(void)
     if (tc->depth > 0)
         tc->depth--;
     tc->tag = tc->depth ? tc->tags[tc->depth - 1] : 0;
+    tc->w1_tag = om_w1_tag(tc->tag);
     om_tc_leave(tc);
 }
 

@@ -138,6 +138,7 @@ struct om_central {
 /* ------------------------------------------------------------------ */
 
 #define OM_NSITES       65536
+#define OM_SITES_HOT_SHIFT 12   /* a site's first slot is among the table's first 4096 */
 #define OM_SITE_NONE    0   /* file NULL and line 0, or nothing recorded */
 #define OM_SITE_OTHER   1   /* table full or unencodable file:line */
 
@@ -153,12 +154,13 @@ struct om_central {
  * (every header names its tag), which keeps the hot path to three counters.
  */
 struct om_tstat {
-    uint64_t tag_allocs[OSSL_MEM_MAX_TAGS]; /* chunks created per tag */
+    /* the fields every call touches first: with the thread cache's flags they fill one cache line */
     uint64_t frees;                         /* chunks released */
-    uint64_t reallocs;                      /* realloc calls */
-    uint64_t failed;                        /* allocations that returned NULL */
     int64_t live;                           /* this thread's share of live requested bytes */
     int64_t flushed;                        /* part of <live> already added to om_g.live */
+    uint64_t reallocs;                      /* realloc calls */
+    uint64_t failed;                        /* allocations that returned NULL */
+    uint64_t tag_allocs[OSSL_MEM_MAX_TAGS]; /* chunks created per tag (tag 0 first: in that line) */
 };
 
 /* Per-thread quarantine: a FIFO ring of freed chunks, bounded in bytes. */
@@ -170,22 +172,34 @@ struct om_quar {
     size_t bytes;           /* usable bytes held */
 };
 
+/* Cached chunks of one class in a thread cache, and the cache's capacity for the class. */
+struct om_tcc {
+    uint16_t n;                             /* cached chunks */
+    uint16_t cap;                           /* capacity (om_cls[].tc_cap) */
+};
+
+/*
+ * A thread's cache. Its first cache line holds everything a malloc or a
+ * free touches besides its class's count and slot: the flags, the tag and
+ * the hot counters (tag 0's allocations included).
+ */
 struct om_tc {
-    uint32_t n[OM_NCLS];                    /* cached chunks per class */
-    uint8_t tag;                            /* current tag (top of stack) */
-    uint8_t depth;                          /* tag stack depth */
-    uint8_t tags[OSSL_MEM_MAX_TAG_DEPTH];   /* tag stack */
-    bool orphan;                            /* the shared fallback cache (under om_g.orphan_lock) */
     uint8_t busy;                           /* 1 while the thread changes allocator state (fork waits) */
+    uint8_t tag;                            /* current tag (top of stack) */
     uint8_t shared_depth;                   /* nesting of ossl_mem_shared_begin() */
+    bool orphan;                            /* the shared fallback cache (under om_g.orphan_lock) */
+    uint8_t depth;                          /* tag stack depth */
     uint8_t shared_set;                     /* set id of the outermost open shared scope */
     uint8_t reclaiming;                     /* destroying a shared context: frees of shared chunks are performed */
+    uint64_t w1_tag;                        /* om_w1_tag(tag): the tag's part of a new header's second word */
+    struct om_tstat st;                     /* this thread's counters */
+    struct om_tcc cc[OM_NCLS];              /* per class: cached chunks and capacity */
+    struct om_quar quar;                    /* quarantine */
+    uint8_t tags[OSSL_MEM_MAX_TAG_DEPTH];   /* tag stack */
     pthread_t thread;                       /* owning thread */
     struct om_tc *next, *prev;              /* om_g.threads list */
-    struct om_quar quar;                    /* quarantine */
-    struct om_tstat st __attribute__((aligned(64)));   /* this thread's counters */
-    struct om_chunk *slot[OM_NCLS][OM_TC_CAP];         /* cached free chunks */
-};
+    struct om_chunk *slot[OM_NCLS][OM_TC_CAP] __attribute__((aligned(64))); /* cached free chunks */
+} __attribute__((aligned(64)));
 
 /* ------------------------------------------------------------------ */
 /* Options and global state                                            */
@@ -238,16 +252,24 @@ enum om_fault {
     OM_F_COUNT
 };
 
-struct om_global {
-    bool ready;                     /* ossl_mem_init() succeeded */
+struct __attribute__((aligned(64))) om_global {
+    /* first two cache lines: what the malloc and free fast paths read (with opt, below) */
     uint8_t gate;                   /* OM_GATE_*: any bit sends om_op_begin() to its slow path */
-    struct om_opts opt;             /* parsed options */
-    uint64_t cookie;                /* random key of header checks */
-    uint64_t state_key;             /* odd key mixing the state into the check */
-    uint64_t site_key;              /* odd key mixing the free site into the check */
     uint16_t k_live;                /* state and free-site part of a live header's check */
     uint16_t k_free_freed;          /* check change of a free: live -> freed, no free site */
     uint16_t owner;                 /* generation of this process's private chunks (new at each fork, both sides) */
+    uint64_t cookie;                /* random key of header checks */
+    uint64_t site_key;              /* odd key mixing the free site into the check */
+    uint64_t hmul0, hmul1;          /* multipliers of the check's hash (memory operands, not immediates) */
+    uint64_t hmask1;                /* the fields of a header's second word that om_check_base() covers */
+    uint64_t site_mul;              /* multiplier of the site table's hash */
+    _Atomic uint64_t *sites;        /* OM_NSITES keys: file pointer | line << 47 */
+    uintptr_t fast_lo;              /* region + OM_SLOT_SIZE: the first possible chunk start */
+    _Atomic size_t fast_len;        /* region_used - OM_SLOT_SIZE: committed bytes from fast_lo */
+    struct om_opts opt;             /* parsed options (quarantine and quarantine_over first: hot) */
+
+    bool ready;                     /* ossl_mem_init() succeeded */
+    uint64_t state_key;             /* odd key mixing the state into the check */
     uint16_t proc_id;               /* this process's identity: owner of its shared chunks */
     int proc_slot;                  /* its slot in the arena's process table (-1: none) */
     bool forked;                    /* this process forked, or was forked, since init */
@@ -284,7 +306,6 @@ struct om_global {
     _Atomic uint64_t large_live;    /* live large chunks */
 
     /* sites and tags */
-    _Atomic uint64_t *sites;        /* OM_NSITES keys: file pointer | line << 47 */
     pthread_mutex_t tags_lock;      /* protects tag creation */
     _Atomic unsigned ntags;         /* tags in use */
     char tag_names[OSSL_MEM_MAX_TAGS][OSSL_MEM_TAG_NAME_MAX + 1];
@@ -295,8 +316,7 @@ struct om_global {
 
 OM_HIDDEN extern struct om_global om_g;
 OM_HIDDEN extern struct om_class om_cls[OM_NCLS];
-OM_HIDDEN extern uint8_t om_cls_small[65];   /* (size + 15) >> 4, size <= 1024 */
-OM_HIDDEN extern uint8_t om_cls_mid[128];    /* (size - 1) >> 8, 1024 < size <= 32768 */
+OM_HIDDEN extern uint8_t om_cls_small[OM_SMALL_MAX / 16 + 1]; /* by (size + 15) >> 4: one load, no branch */
 extern __thread struct om_tc *om_tls_tc __attribute__((tls_model("initial-exec")));
 
 #define OM_TC_DEAD ((struct om_tc *)1)
@@ -376,9 +396,7 @@ struct om_arena {
 /* Size class of a request of <size> <= OM_SMALL_MAX bytes. */
 static inline unsigned om_size_class(size_t size)
 {
-    if (size <= 1024)
-        return om_cls_small[(size + 15) >> 4];
-    return om_cls_mid[(size - 1) >> 8];
+    return om_cls_small[(size + 15) >> 4];
 }
 
 /* A keyed 16-bit mix of a small field value. */
@@ -390,8 +408,8 @@ static inline uint16_t om_mix16(uint64_t v, uint64_t key)
 /* The part of the check that covers everything but the state and the free site. */
 static inline uint16_t om_check_base(const struct om_chunk *h, uint64_t w0, uint64_t w1)
 {
-    uint64_t x = ((w0 & 0xFFFFFFFFFFFFull) ^ om_g.cookie) * 0x9E3779B97F4A7C15ull;
-    x ^= ((w1 & 0xFF00FFFFFFFFull) + (uint64_t)(uintptr_t)h) * 0xC2B2AE3D27D4EB4Full;
+    uint64_t x = ((w0 << 16) ^ om_g.cookie) * om_g.hmul0; /* the free site left out */
+    x ^= ((w1 & om_g.hmask1) + (uint64_t)(uintptr_t)h) * om_g.hmul1; /* state and check left out */
     return (uint16_t)(x >> 48);
 }
 
@@ -429,6 +447,25 @@ static inline void om_hdr_store_live_f(struct om_chunk *h, uint32_t size, uint16
     uint64_t w0 = (uint64_t)size | (uint64_t)asite << 32;
     uint64_t w1 = (uint64_t)owner | (uint64_t)cls << 16 | (uint64_t)tag << 24 |
                   (uint64_t)OM_ST_LIVE << 32 | (uint64_t)flags << 40;
+    w1 |= (uint64_t)(uint16_t)(om_check_base(h, w0, w1) ^ om_g.k_live) << 48;
+    memcpy(h, &w0, 8);
+    memcpy((char *)h + 8, &w1, 8);
+}
+
+/* The tag's and the live state's part of the second word of a new chunk's header. */
+static inline uint64_t om_w1_tag(uint8_t tag)
+{
+    return (uint64_t)tag << 24 | (uint64_t)OM_ST_LIVE << 32;
+}
+
+/*
+ * Writes the header of a private chunk being handed out, from its second
+ * word without the check, <w1> (owner, class, tag, state live, no flags).
+ */
+static inline void om_hdr_store_live_w1(struct om_chunk *h, uint32_t size, uint16_t asite,
+                                        uint64_t w1)
+{
+    uint64_t w0 = (uint64_t)size | (uint64_t)asite << 32;
     w1 |= (uint64_t)(uint16_t)(om_check_base(h, w0, w1) ^ om_g.k_live) << 48;
     memcpy(h, &w0, 8);
     memcpy((char *)h + 8, &w1, 8);
@@ -483,9 +520,7 @@ static inline struct om_chunk *om_live_small_hdr(const void *p, uint64_t *w0, ui
 {
     uintptr_t a = (uintptr_t)p;
     if (OM_UNLIKELY((a & 15) != 0 ||
-                    a - (uintptr_t)om_g.region - OM_SLOT_SIZE >=
-                        atomic_load_explicit(&om_g.region_used, memory_order_relaxed) -
-                            OM_SLOT_SIZE))
+                    a - om_g.fast_lo >= atomic_load_explicit(&om_g.fast_len, memory_order_relaxed)))
         return NULL;
     struct om_chunk *h = om_hdr(p);
     om_hdr_load(h, w0, w1);
@@ -502,23 +537,43 @@ static inline unsigned om_run_class(const struct om_chunk *h)
     return s->slot_cls[((uintptr_t)h - (uintptr_t)s) >> OM_SLOT_SHIFT];
 }
 
+/* 16 bytes, stored with one instruction where the machine has 16-byte registers. */
+typedef uint64_t om_v16 __attribute__((vector_size(16), may_alias));
+
 /*
- * Zeroes <n> bytes (a multiple of 16) at 16-aligned <p>: inline stores for
- * the small classes that make up most frees, memset beyond.
+ * Zeroes <n> bytes (a multiple of 16) at 16-aligned <p>, which has at least
+ * max(n, 16) usable bytes: a few 16-byte stores up to 128 bytes,
+ * overlapping when <n> is not a power of two (n == 0 stores the first 16
+ * bytes, zero already), and a loop of 64 bytes per turn beyond. Not memset:
+ * its calls cost registers on the free fast path, and for 2 KiB and more it
+ * is a rep stosb, which valgrind counts as one instruction per byte.
  */
-static inline void om_wipe(void *p, size_t n)
+static inline __attribute__((always_inline)) void om_wipe(void *p, size_t n)
 {
-    if (n <= 128) {
-        uint64_t *q = p;
-        for (size_t i = 0; i < n / 8; i += 2) {
-            q[i] = 0;
-            q[i + 1] = 0;
+    char *c = p;
+    const om_v16 z = {0, 0};
+    if (n <= 32) {
+        *(om_v16 *)c = z;
+        *(om_v16 *)(c + (n > 16 ? 16 : 0)) = z;
+    } else if (n <= 64) {
+        *(om_v16 *)c = z;
+        *(om_v16 *)(c + 16) = z;
+        *(om_v16 *)(c + n - 32) = z;
+        *(om_v16 *)(c + n - 16) = z;
+    } else {
+        char *end = c + n - 64;
+        for (; c < end; c += 64) {
+            *(om_v16 *)c = z;
+            *(om_v16 *)(c + 16) = z;
+            *(om_v16 *)(c + 32) = z;
+            *(om_v16 *)(c + 48) = z;
         }
-        __asm__ volatile("" : : "r"(q) : "memory"); /* the wipe must not be optimised away */
-        return;
+        *(om_v16 *)end = z;
+        *(om_v16 *)(end + 16) = z;
+        *(om_v16 *)(end + 32) = z;
+        *(om_v16 *)(end + 48) = z;
     }
-    memset(p, 0, n);
-    __asm__ volatile("" : : "r"(p) : "memory");
+    __asm__ volatile("" : : "r"(p) : "memory"); /* the wipe must not be optimised away */
 }
 
 /* Zeroes <n> bytes at <p>, any alignment: the part of a chunk a shrinking realloc gives up. */
@@ -568,9 +623,17 @@ static inline void *om_map(size_t len, bool shared)
     return m == MAP_FAILED ? NULL : m;
 }
 
-/* Relaxed add to a counter that only the calling thread writes. */
+/*
+ * Relaxed add to a counter that only the calling thread writes (others may
+ * read it at any time). On x86-64 one add to memory, which is what a relaxed
+ * load and store of an aligned word amount to there, in one instruction.
+ */
+#if defined(__x86_64__) && !defined(__SANITIZE_THREAD__)
+#define OM_CTR_ADD(c, v) __asm__("addq %1, %0" : "+m"(c) : "er"((uint64_t)(v)))
+#else
 #define OM_CTR_ADD(c, v) \
     __atomic_store_n(&(c), __atomic_load_n(&(c), __ATOMIC_RELAXED) + (v), __ATOMIC_RELAXED)
+#endif
 #define OM_CTR_GET(c) __atomic_load_n(&(c), __ATOMIC_RELAXED)
 #define OM_CTR_SET(c, v) __atomic_store_n(&(c), (v), __ATOMIC_RELAXED)
 
@@ -641,6 +704,7 @@ OM_HIDDEN void om_stats_sum(struct om_tstat *sum, uint64_t *qbytes, uint64_t *qc
 OM_HIDDEN void *om_malloc_cb(size_t n, const char *file, int line);
 OM_HIDDEN void *om_realloc_cb(void *p, size_t n, const char *file, int line);
 OM_HIDDEN void om_free_cb(void *p, const char *file, int line);
+OM_HIDDEN void (*om_free_entry(void))(void *p, const char *file, int line);
 
 /* check.c */
 OM_HIDDEN bool om_hooks_ours(void);
@@ -697,11 +761,13 @@ OM_HIDDEN extern _Atomic uint64_t om_lock_inits_shared;
 /*
  * The id of OpenSSL site <file>:<line>: one probe of the shared site table
  * when the site is known (the common case), om_site_id_slow() otherwise.
+ * The probe is in the table's first 4096 slots (32 KiB), where most sites
+ * live: site.c says why.
  */
 static inline uint16_t om_site_id(const char *file, int line)
 {
     uint64_t key = (uint64_t)(uintptr_t)file | (uint64_t)(uint32_t)line << 47;
-    uint32_t i = (uint32_t)((key * 0x9E3779B97F4A7C15ull) >> 48);
+    uint32_t i = (uint32_t)((key * om_g.site_mul) >> (64 - OM_SITES_HOT_SHIFT));
     /* slots 0 and 1 hold 0, which only the key of (NULL, 0), site 0, matches */
     if (OM_LIKELY(atomic_load_explicit(&om_g.sites[i], memory_order_relaxed) == key))
         return (uint16_t)i;
@@ -748,9 +814,9 @@ static inline void om_op_end(struct om_tc *tc)
 /* Returns freed chunk <h> of class <cls> to the thread cache, spilling half of a full cache. */
 static inline void om_pool_release_cls(struct om_tc *tc, struct om_chunk *h, unsigned cls)
 {
-    if (OM_UNLIKELY(tc->n[cls] >= om_cls[cls].tc_cap))
-        om_tc_flush_class(tc, cls, om_cls[cls].tc_cap / 2);
-    tc->slot[cls][tc->n[cls]++] = h;
+    if (OM_UNLIKELY(tc->cc[cls].n >= tc->cc[cls].cap))
+        om_tc_flush_class(tc, cls, tc->cc[cls].cap / 2);
+    tc->slot[cls][tc->cc[cls].n++] = h;
 }
 
 static inline void om_pool_release(struct om_tc *tc, struct om_chunk *h)

@@ -5,8 +5,7 @@
 #include "om.h"
 
 struct om_class om_cls[OM_NCLS];
-uint8_t om_cls_small[65];
-uint8_t om_cls_mid[128];
+uint8_t om_cls_small[OM_SMALL_MAX / 16 + 1];
 
 /*
  * Usable sizes, tuned to OpenSSL's profile: a quarter of its requests are
@@ -42,17 +41,10 @@ int om_pool_init(void)
         k->tc_cap = cap > OM_TC_CAP ? OM_TC_CAP : cap < 4 ? 4 : cap;
     }
     unsigned c = 0;
-    for (unsigned i = 0; i <= 64; i++) {
+    for (unsigned i = 0; i <= OM_SMALL_MAX / 16; i++) {
         while (class_sizes[c] < i * 16)
             c++;
         om_cls_small[i] = (uint8_t)c;
-    }
-    for (unsigned i = 4; i < 128; i++) {
-        size_t top = (size_t)(i + 1) << 8; /* largest size mapped to entry i */
-        c = 0;
-        while (class_sizes[c] < top)
-            c++;
-        om_cls_mid[i] = (uint8_t)c;
     }
     for (c = 0; c < OM_NCLS; c++) {
         pthread_mutex_init(&om_g.central[c].lock, NULL);
@@ -86,6 +78,7 @@ int om_pool_init(void)
     om_g.region_size = want;
     om_g.arena_at = arena ? (char *)b + want : NULL;
     atomic_store(&om_g.region_used, 0);
+    om_g.fast_lo = b + OM_SLOT_SIZE;
     /* commit the first segment now: the free fast path relies on region_used > 0 */
     return seg_new() ? 0 : OSSL_MEM_E_NOMEM;
 }
@@ -116,6 +109,7 @@ static struct om_seg *seg_new(void)
     memset(s->slot_first, 0, sizeof s->slot_first);
     s->next_slot = 1;
     atomic_store_explicit(&om_g.region_used, used + OM_SEG_SIZE, memory_order_release);
+    atomic_store_explicit(&om_g.fast_len, used + OM_SEG_SIZE - OM_SLOT_SIZE, memory_order_release);
     om_g.cur_seg = s;
     return s;
 }
@@ -161,7 +155,7 @@ out:
 void om_tc_refill(struct om_tc *tc, unsigned cls)
 {
     struct om_central *ce = &om_g.central[cls];
-    unsigned want = om_cls[cls].tc_cap / 2, got;
+    unsigned want = tc->cc[cls].cap / 2, got;
     uint32_t stride = om_cls[cls].stride;
 
     pthread_mutex_lock(&ce->lock);
@@ -186,7 +180,7 @@ void om_tc_refill(struct om_tc *tc, unsigned cls)
         }
     }
     pthread_mutex_unlock(&ce->lock);
-    tc->n[cls] = got;
+    tc->cc[cls].n = (uint16_t)got;
 }
 
 /*
@@ -242,12 +236,12 @@ void om_central_put(unsigned cls, struct om_chunk **v, unsigned n)
 void *om_pool_alloc(struct om_tc *tc, size_t size, uint16_t site, uint8_t tag)
 {
     unsigned cls = om_size_class(size);
-    if (OM_UNLIKELY(tc->n[cls] == 0)) {
+    if (OM_UNLIKELY(tc->cc[cls].n == 0)) {
         om_tc_refill(tc, cls);
-        if (tc->n[cls] == 0)
+        if (tc->cc[cls].n == 0)
             return NULL;
     }
-    struct om_chunk *h = tc->slot[cls][--tc->n[cls]];
+    struct om_chunk *h = tc->slot[cls][--tc->cc[cls].n];
     om_hdr_store_live(h, (uint32_t)size, site, om_g.owner, (uint8_t)cls, tag);
     return om_user(h);
 }

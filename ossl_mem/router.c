@@ -191,26 +191,64 @@ static OM_COLD void *malloc_slow(size_t n, const char *file, int line)
 }
 
 /*
+ * The site id of <file>:<line> if the site table's first probe finds it
+ * (the common case), else 0xFFFFFFFF: the fast paths then take their slow
+ * path, which registers the site.
+ */
+static inline __attribute__((always_inline)) uint32_t site_fast(const char *file, int line)
+{
+    uint64_t key = (uint64_t)(uintptr_t)file | (uint64_t)(uint32_t)line << 47;
+    uint32_t i = (uint32_t)((key * om_g.site_mul) >> (64 - OM_SITES_HOT_SHIFT));
+    if (OM_LIKELY(atomic_load_explicit(&om_g.sites[i], memory_order_relaxed) == key))
+        return i;
+    return 0xFFFFFFFFu;
+}
+
+/* Whether a live-byte change to <l> needs om_stat_flush(). */
+static inline bool stat_due(const struct om_tc *tc, int64_t l)
+{
+    return (uint64_t)(l - tc->st.flushed + 4095) > 8190;
+}
+
+/* The end of an operation whose live-byte change must reach the global figure first. */
+static OM_COLD void *end_flush(struct om_tc *tc, void *p)
+{
+    om_stat_flush(tc);
+    om_op_end(tc);
+    return p;
+}
+
+/*
  * OpenSSL's malloc. The fast path (a small request, a thread cache with a
- * chunk of the class) touches only the thread's own cache and counters and
- * the chunk's header.
+ * chunk of the class, a known site) touches only the thread's own cache
+ * and counters (the cache's first line, its count for the class and the
+ * slot), the site table's entry and the chunk's header. It makes no calls:
+ * whatever it does not handle goes, before anything is changed, to
+ * malloc_slow() (a tail call), which does the whole allocation.
  */
 void *om_malloc_cb(size_t n, const char *file, int line)
 {
     struct om_tc *tc = om_tls_tc;
-    if (OM_UNLIKELY((uintptr_t)tc <= (uintptr_t)OM_TC_DEAD || n > OM_SMALL_MAX ||
-                    tc->shared_depth))
+    if (OM_UNLIKELY((uintptr_t)tc <= (uintptr_t)OM_TC_DEAD || n > OM_SMALL_MAX))
         return malloc_slow(n, file, line);
     unsigned cls = om_size_class(n);
-    uint32_t k = tc->n[cls];
-    if (OM_UNLIKELY(k == 0))
+    uint32_t k = tc->cc[cls].n;
+    uint32_t site = site_fast(file, line);
+    if (OM_UNLIKELY(k == 0 || tc->shared_depth || site > 0xFFFF))
         return malloc_slow(n, file, line);
-    om_op_begin(tc);
+    __atomic_store_n(&tc->busy, 1, __ATOMIC_RELAXED);
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    if (OM_UNLIKELY(__atomic_load_n(&om_g.gate, __ATOMIC_RELAXED)))
+        return malloc_slow(n, file, line); /* waits there (om_op_begin), nothing changed yet */
     struct om_chunk *h = tc->slot[cls][k - 1];
-    tc->n[cls] = k - 1;
-    uint8_t tag = tc->tag;
-    om_hdr_store_live(h, (uint32_t)n, om_site_id(file, line), om_g.owner, (uint8_t)cls, tag);
-    om_stat_alloc(tc, tag, n);
+    tc->cc[cls].n = (uint16_t)(k - 1);
+    om_hdr_store_live_w1(h, (uint32_t)n, (uint16_t)site,
+                         tc->w1_tag | om_g.owner | (uint64_t)cls << 16);
+    OM_CTR_ADD(tc->st.tag_allocs[tc->tag], 1);
+    int64_t l = tc->st.live + (int64_t)n;
+    OM_CTR_SET(tc->st.live, l);
+    if (OM_UNLIKELY(stat_due(tc, l)))
+        return end_flush(tc, om_user(h));
     om_op_end(tc);
     return om_user(h);
 }
@@ -237,6 +275,8 @@ static bool may_free_shared(const struct om_chunk *h, void *p, const char *file,
 /* Slow path of om_free_cb(): large and shared chunks, bad pointers, the orphan cache. */
 static OM_COLD void free_slow(void *p, const char *file, int line)
 {
+    if (!p)
+        return;
     struct found f;
     enum where w = locate(p, &f, file, line);
     if (OM_UNLIKELY(w != W_SMALL && w != W_LARGE && w != W_SHARED) ||
@@ -257,31 +297,159 @@ static OM_COLD void free_slow(void *p, const char *file, int line)
 }
 
 /*
- * OpenSSL's free. The fast path takes a pointer inside the private region
- * whose header is live and passes its keyed check: the check covers the
- * header's address, so a pointer that is not a chunk start would need 16
- * bytes in front of it that forge a live header for that very address
- * under this process's secret cookie. Everything else (large chunks, NULL
- * aside, double frees, interior and foreign pointers, damaged headers)
- * goes through free_slow(), which classifies by address arithmetic and
- * reports.
+ * free_slow() called from the fast path once <file>:<line> became site id
+ * <site> (a site the table holds, or 0 for none): decoded back for the reports.
  */
+static OM_COLD void free_slow_site(void *p, uint32_t site)
+{
+    const char *file = NULL;
+    int line = 0;
+    om_site_get((uint16_t)site, &file, &line);
+    free_slow(p, file, line);
+}
+
+/*
+ * The rest of a free that the fast path validated but does not finish
+ * itself (a full cache, an unmapped quarantine ring, a fork in progress, a
+ * debugging scrub), its site known. Nothing was changed yet; the busy flag
+ * may be up. Not marked cold: gcc would compile it for size.
+ */
+static __attribute__((noinline)) void free_rest_site(struct om_tc *tc, struct om_chunk *h,
+                                                      unsigned cls, uint32_t size, uint32_t site)
+{
+    om_op_begin(tc);
+    om_free_small(tc, h, cls, size, (uint16_t)site);
+    om_op_end(tc);
+}
+
+/* The end of a free that must drain the quarantine and/or flush the live bytes. */
+static OM_COLD void end_free(struct om_tc *tc, bool drain, bool flush)
+{
+    if (drain)
+        om_quar_drain(tc);
+    if (flush)
+        om_stat_flush(tc);
+    om_op_end(tc);
+}
+
+/*
+ * The part of a fast free common to both destinations: counters, the wipe
+ * of the requested bytes, the header marked freed with its free site.
+ * Returns whether the live bytes must be flushed.
+ */
+static inline __attribute__((always_inline)) bool free_commit(struct om_tc *tc,
+                                                              struct om_chunk *h, uint32_t size,
+                                                              uint32_t site, bool zero)
+{
+    OM_CTR_ADD(tc->st.frees, 1);
+    int64_t l = tc->st.live - (int64_t)size;
+    OM_CTR_SET(tc->st.live, l);
+    if (zero)
+        om_wipe(om_user(h), (size + 15) & ~15u);
+    /* a live header has free site 0: the check changes by constants and the new site's mix */
+    h->fsite = (uint16_t)site;
+    h->state = OM_ST_FREED;
+    h->check ^= om_g.k_free_freed ^ om_mix16(site, om_g.site_key);
+    return stat_due(tc, l);
+}
+
+/*
+ * OpenSSL's free, specialised for zeroing <zero> and a quarantine <quar>
+ * (constants in each entry point; om_free_cb() reads the options). The fast
+ * path takes a pointer inside the private region whose header is live and
+ * passes its keyed check: the check covers the header's address, so a
+ * pointer that is not a chunk start would need 16 bytes in front of it that
+ * forge a live header for that very address under this process's secret
+ * cookie. Everything else (large chunks, NULL, double frees, interior and
+ * foreign pointers, damaged headers) goes through free_slow(), which
+ * classifies by address arithmetic and reports (with the site decoded back,
+ * free_slow_site(), once it was looked up). The fast path makes no calls:
+ * what it does not finish goes to free_rest_site() before anything is
+ * changed, and a quarantine drain or a statistics flush to end_free() at
+ * the end, both as tail calls.
+ */
+static inline __attribute__((always_inline)) void free_fast(void *p, const char *file, int line,
+                                                            bool zero, bool quar, bool whole)
+{
+    if (OM_UNLIKELY(!p))
+        return; /* one free in seven */
+    struct om_tc *tc = om_tls_tc;
+    uintptr_t a = (uintptr_t)p;
+    /* the site first: after it <file> and <line> are dead, which leaves enough registers for
+       the rest without saving any; each test has its own branch (combined, the compiler
+       materialises every flag) */
+    uint32_t site = site_fast(file, line);
+    if (OM_UNLIKELY(site > 0xFFFF))
+        return free_slow(p, file, line);
+    if (OM_UNLIKELY((uintptr_t)tc <= (uintptr_t)OM_TC_DEAD))
+        return free_slow_site(p, site);
+    if (OM_UNLIKELY(a - om_g.fast_lo >= atomic_load_explicit(&om_g.fast_len, memory_order_relaxed)))
+        return free_slow_site(p, site); /* NULL too */
+    if (OM_UNLIKELY(a & 15))
+        return free_slow_site(p, site);
+    struct om_chunk *h = om_hdr(p);
+    uint64_t w0, w1;
+    om_hdr_load(h, &w0, &w1);
+    if (OM_UNLIKELY((uint8_t)(w1 >> 32) != OM_ST_LIVE))
+        return free_slow_site(p, site);
+    if (OM_UNLIKELY((uint16_t)(w1 >> 48) != (om_check_base(h, w0, w1) ^ om_g.k_live)))
+        return free_slow_site(p, site);
+    unsigned cls = (uint8_t)(w1 >> 16);
+    if (OM_UNLIKELY(cls >= OM_NCLS))
+        return free_slow_site(p, site); /* reports the header */
+    uint32_t size = (uint32_t)w0;
+    if (OM_UNLIKELY(whole))
+        return free_rest_site(tc, h, cls, size, site);
+    __atomic_store_n(&tc->busy, 1, __ATOMIC_RELAXED);
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    if (OM_UNLIKELY(__atomic_load_n(&om_g.gate, __ATOMIC_RELAXED)))
+        return free_rest_site(tc, h, cls, size, site);
+    if (quar && size > om_g.opt.quarantine_over) {
+        struct om_quar *q = &tc->quar;
+        uint64_t *ring = q->ring;
+        if (OM_UNLIKELY(!ring))
+            return free_rest_site(tc, h, cls, size, site);
+        bool flush = free_commit(tc, h, size, site, zero);
+        uint32_t t = q->tail;
+        ring[t & q->mask] = (uint64_t)(uintptr_t)h | (uint64_t)cls << 48;
+        q->tail = ++t;
+        size_t bytes = q->bytes + om_cls[cls].size;
+        q->bytes = bytes;
+        bool drain = bytes > om_g.opt.quarantine || t - q->head > q->mask;
+        if (OM_UNLIKELY(drain | flush))
+            return end_free(tc, drain, flush);
+    } else {
+        uint32_t n = tc->cc[cls].n;
+        if (OM_UNLIKELY(n >= tc->cc[cls].cap))
+            return free_rest_site(tc, h, cls, size, site);
+        bool flush = free_commit(tc, h, size, site, zero);
+        tc->slot[cls][n] = h;
+        tc->cc[cls].n = (uint16_t)(n + 1);
+        if (OM_UNLIKELY(flush))
+            return end_free(tc, false, true);
+    }
+    om_op_end(tc);
+}
+
+/* The free entry point that reads the options (internal callers, the debugging entry points). */
 void om_free_cb(void *p, const char *file, int line)
 {
-    if (!p)
-        return;
-    struct om_tc *tc = om_tls_tc;
-    uint64_t w0, w1;
-    struct om_chunk *h;
-    if (OM_UNLIKELY((uintptr_t)tc <= (uintptr_t)OM_TC_DEAD) ||
-        OM_UNLIKELY(!(h = om_live_small_hdr(p, &w0, &w1))))
-        return free_slow(p, file, line);
-    unsigned cls = (uint8_t)(w1 >> 16);
-    uint32_t size = (uint32_t)w0;
-    OM_ASSERT(cls < OM_NCLS);
-    om_op_begin(tc);
-    om_free_small(tc, h, cls, size, om_site_id(file, line));
-    om_op_end(tc);
+    free_fast(p, file, line, om_g.opt.zero, om_g.opt.quarantine != 0, om_g.wipe_whole);
+}
+
+/* The free entry points installed without debugging options, one per option set. */
+static void free_zq(void *p, const char *file, int line) { free_fast(p, file, line, 1, 1, 0); }
+static void free_z(void *p, const char *file, int line) { free_fast(p, file, line, 1, 0, 0); }
+static void free_q(void *p, const char *file, int line) { free_fast(p, file, line, 0, 1, 0); }
+static void free_n(void *p, const char *file, int line) { free_fast(p, file, line, 0, 0, 0); }
+
+/* The free entry point OpenSSL gets when no debugging option is on: the options are fixed at init. */
+void (*om_free_entry(void))(void *p, const char *file, int line)
+{
+    bool q = om_g.opt.quarantine != 0;
+    if (om_g.wipe_whole)
+        return om_free_cb;
+    return om_g.opt.zero ? (q ? free_zq : free_z) : (q ? free_q : free_n);
 }
 
 /*

@@ -36,7 +36,10 @@ static struct om_tc *tc_new(bool orphan)
     if (!tc)
         return NULL;
     tc->orphan = orphan;
+    tc->w1_tag = om_w1_tag(0);
     tc->thread = pthread_self();
+    for (unsigned c = 0; c < OM_NCLS; c++)
+        tc->cc[c].cap = (uint16_t)om_cls[c].tc_cap;
     pthread_mutex_lock(&om_g.threads_lock);
     tc->next = om_g.threads;
     if (om_g.threads)
@@ -92,14 +95,14 @@ struct om_tc *om_tc_enter_slow(void)
 /* Moves the cached chunks of class <cls> but the <keep> most recently cached to the central store. */
 void om_tc_flush_class(struct om_tc *tc, unsigned cls, unsigned keep)
 {
-    unsigned n = tc->n[cls];
+    unsigned n = tc->cc[cls].n;
     if (n <= keep)
         return;
     /* the bottom of the stack goes: its chunks were cached longest and are the coldest, while
        the top holds the ones just freed, which the next mallocs of the class reuse hot */
     om_central_put(cls, tc->slot[cls], n - keep);
     memmove(tc->slot[cls], &tc->slot[cls][n - keep], keep * sizeof tc->slot[cls][0]);
-    tc->n[cls] = keep;
+    tc->cc[cls].n = (uint16_t)keep;
 }
 
 /* Adds the thread's unflushed live-byte change to the global figure and updates the peak. */
