@@ -120,6 +120,15 @@ void ft_alarm(unsigned seconds)
     alarm(seconds);
 }
 
+int ft_fails;
+
+struct ossl_mem_stats ft_stats(void)
+{
+    struct ossl_mem_stats s;
+    ossl_mem_get_stats(&s);
+    return s;
+}
+
 void ft_init_or_die(const char *options)
 {
     struct ossl_mem_config cfg = {OSSL_MEM_CONFIG_VERSION, OSSL_MEM_CFG_IGNORE_ENV, options};

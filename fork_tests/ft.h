@@ -4,6 +4,8 @@
 
 #include <sys/types.h>
 
+#include <ossl_mem/ossl_mem.h>
+
 #include "common/omt.h"
 
 struct ft_child {
@@ -28,6 +30,26 @@ unsigned ft_count_lines(const char *s);
 
 /* Arms an alarm that kills the whole test after <seconds> with a clear message. */
 void ft_alarm(unsigned seconds);
+
+/*
+ * Checks of a case (each case runs in a process of its own): FT_CHECK prints one line,
+ * "ok: ..." or "FAIL: ...", flushed, and counts failures in ft_fails.
+ */
+extern int ft_fails;
+#define FT_CHECK(cond, ...)                                     \
+    do {                                                        \
+        if (cond) {                                             \
+            printf("ok: " __VA_ARGS__);                         \
+        } else {                                                \
+            printf("FAIL: " __VA_ARGS__);                       \
+            ft_fails++;                                         \
+        }                                                       \
+        printf("\n");                                           \
+        fflush(stdout);                                         \
+    } while (0)
+
+/* The calling process's ossl_mem_get_stats(). */
+struct ossl_mem_stats ft_stats(void);
 
 /* ossl_mem_init() with <options> (environment ignored); on failure prints FAIL and exits 1. */
 void ft_init_or_die(const char *options);

@@ -23,28 +23,6 @@
 #include "common/omt.h"
 #include "fork_tests/ft.h"
 
-/* Every case runs in its own fresh process (ft_run) and prints "ok: ..." or "FAIL: ..." lines. */
-static int fails;
-
-#define CHECK(cond, ...)                                        \
-    do {                                                        \
-        if (cond) {                                             \
-            printf("ok: " __VA_ARGS__);                         \
-        } else {                                                \
-            printf("FAIL: " __VA_ARGS__);                       \
-            fails++;                                            \
-        }                                                       \
-        printf("\n");                                           \
-        fflush(stdout);                                         \
-    } while (0)
-
-static struct ossl_mem_stats stats(void)
-{
-    struct ossl_mem_stats s;
-    ossl_mem_get_stats(&s);
-    return s;
-}
-
 static double now(void)
 {
     struct timespec ts;
@@ -238,28 +216,28 @@ static void case_holder(const void *a, const void *b)
     good += WIFEXITED(st) && WEXITSTATUS(st) == 0;
     waitpid(fresh, &st, 0);
     good += WIFEXITED(st) && WEXITSTATUS(st) == 0;
-    struct ossl_mem_stats s = stats();
-    CHECK(master == 0 && good == 2, "after the kill the sibling, a new worker and the master "
+    struct ossl_mem_stats s = ft_stats();
+    FT_CHECK(master == 0 && good == 2, "after the kill the sibling, a new worker and the master "
           "each completed 20 verified handshakes%s (master: %.2f s)",
           c->hold == H_RDLOCK ? " and took the lock for writing" :
           c->hold == H_WRLOCK ? " and took the lock for reading" :
           c->hold == H_ARENA ? " and allocated in the arena" : "", took);
     if (c->hold == H_ARENA) {
-        CHECK(s.shared_lock_repairs == 1 && s.shared_locks_recovered == 0,
+        FT_CHECK(s.shared_lock_repairs == 1 && s.shared_locks_recovered == 0,
               "the arena's lock was repaired once (%llu), no OpenSSL lock recovered (%llu)",
               (unsigned long long)s.shared_lock_repairs,
               (unsigned long long)s.shared_locks_recovered);
     } else {
         int in_ctx = ossl_mem_ssl_ctx_locks_recovered(S.srv);
-        CHECK(s.shared_locks_recovered == 1 && in_ctx == 1,
+        FT_CHECK(s.shared_locks_recovered == 1 && in_ctx == 1,
               "one lock recovered (%llu), counted in the server context's scope (%d)",
               (unsigned long long)s.shared_locks_recovered, in_ctx);
     }
     ossl_mem_worker_exited(v);
     ossl_mem_worker_exited(sib);
     ossl_mem_worker_exited(fresh);
-    CHECK(ossl_mem_check() == 0, "the master's check is clean");
-    exit(fails ? 1 : 0);
+    FT_CHECK(ossl_mem_check() == 0, "the master's check is clean");
+    exit(ft_fails ? 1 : 0);
 }
 
 /* ------------------------------------------------------------------ */
@@ -328,12 +306,12 @@ static void case_waiter(const void *a, const void *b)
     char err[256] = "";
     int ok = handshakes(&S, 20, err, sizeof err);
     alarm(0);
-    CHECK(blocked && killed && released, "a waiter was killed while it slept on the trust "
+    FT_CHECK(blocked && killed && released, "a waiter was killed while it slept on the trust "
           "store's lock (blocked %d, killed %d), and the holder released it (%d)", blocked,
           killed, released);
-    CHECK(ok == 20, "the master then verified 20 handshakes (%d) %s", ok, err);
-    CHECK(stats().shared_locks_recovered == 0, "nothing to recover: nobody died holding it");
-    exit(fails ? 1 : 0);
+    FT_CHECK(ok == 20, "the master then verified 20 handshakes (%d) %s", ok, err);
+    FT_CHECK(ft_stats().shared_locks_recovered == 0, "nothing to recover: nobody died holding it");
+    exit(ft_fails ? 1 : 0);
 }
 
 /* ------------------------------------------------------------------ */
@@ -437,7 +415,7 @@ static void case_semantics(const void *a, const void *b)
     }
     int st;
     waitpid(pid, &st, 0);
-    CHECK(r1 && r2 && r3 && r4 && WIFEXITED(st) && WEXITSTATUS(st) == 0,
+    FT_CHECK(r1 && r2 && r3 && r4 && WIFEXITED(st) && WEXITSTATUS(st) == 0,
           "a shared lock read-locked twice by one thread, released twice, is then free for "
           "another process");
     /* held for writing here: another process's try and timed calls fail as libc's would */
@@ -450,10 +428,10 @@ static void case_semantics(const void *a, const void *b)
     bool got = read(p[0], res, sizeof res) == (ssize_t)sizeof res;
     waitpid(pid, &st, 0);
     CRYPTO_THREAD_unlock(l);
-    CHECK(got && res[0] == EBUSY && res[1] == EBUSY,
+    FT_CHECK(got && res[0] == EBUSY && res[1] == EBUSY,
           "trywrlock and tryrdlock of a lock another process holds return EBUSY (%d, %d)",
           res[0], res[1]);
-    CHECK(got && res[2] == ETIMEDOUT && res[3] == ETIMEDOUT && res[4] == ETIMEDOUT,
+    FT_CHECK(got && res[2] == ETIMEDOUT && res[3] == ETIMEDOUT && res[4] == ETIMEDOUT,
           "timedwrlock, timedrdlock and clockwrlock time out (%d, %d, %d)", res[2], res[3],
           res[4]);
     /* a robust mutex of the arena: its dead holder's lock comes back to the next locker */
@@ -467,10 +445,10 @@ static void case_semantics(const void *a, const void *b)
     int ml = pthread_mutex_lock(m);
     int mu = pthread_mutex_unlock(m);
     alarm(0);
-    CHECK(ml == 0 && mu == 0 && stats().shared_locks_recovered == 1,
+    FT_CHECK(ml == 0 && mu == 0 && ft_stats().shared_locks_recovered == 1,
           "a mutex in the arena whose holder died: locked (%d) and unlocked (%d) by the next "
           "locker, recovery counted (%llu)", ml, mu,
-          (unsigned long long)stats().shared_locks_recovered);
+          (unsigned long long)ft_stats().shared_locks_recovered);
     pthread_mutex_destroy(m);
     OPENSSL_free(m);
     CRYPTO_THREAD_lock_free(l);
@@ -496,10 +474,10 @@ static void case_semantics(const void *a, const void *b)
         same = a1[i] == a2[i];
         snprintf(seq + strlen(seq), sizeof seq - strlen(seq), "%s%d", i ? "," : "", a1[i]);
     }
-    CHECK(interposed, "this program's pthread_rwlock_* are ossl_mem's (%s), libc's found apart",
+    FT_CHECK(interposed, "this program's pthread_rwlock_* are ossl_mem's (%s), libc's found apart",
           interposed ? info.dli_fname : "not interposed");
-    CHECK(same, "a private lock answers exactly as libc's over %d operations (%s)", n1, seq);
-    exit(fails ? 1 : 0);
+    FT_CHECK(same, "a private lock answers exactly as libc's over %d operations (%s)", n1, seq);
+    exit(ft_fails ? 1 : 0);
 }
 
 /* ------------------------------------------------------------------ */
@@ -583,7 +561,7 @@ static void case_random_kills(const void *a, const void *b)
     if (base < 0.002)
         base = 0.002;
     hold_for = base / 4;
-    uint64_t used0 = stats().shared_used;
+    uint64_t used0 = ft_stats().shared_used;
     pid_t pid[KILL_WORKERS];
     for (int w = 0; w < KILL_WORKERS; w++)
         pid[w] = spawn_worker(bd, w);
@@ -602,7 +580,7 @@ static void case_random_kills(const void *a, const void *b)
         ossl_mem_worker_exited(pid[w]);
         pid[w] = spawn_worker(bd, w);
         done++;
-        uint64_t used = stats().shared_used;
+        uint64_t used = ft_stats().shared_used;
         if (used > most)
             most = used;
         /* survivors must progress: no 3 s (or 300 handshake times) without a verified one */
@@ -629,23 +607,23 @@ static void case_random_kills(const void *a, const void *b)
     char err[256] = "";
     int mine = handshakes(&S, 10, err, sizeof err);
     alarm(0);
-    struct ossl_mem_stats s = stats();
+    struct ossl_mem_stats s = ft_stats();
     printf("%d kills at random instants (%.1f ms per handshake), %ld verified handshakes, %llu OpenSSL locks and %llu "
            "arena locks recovered\n", done, base * 1e3, total_ok(bd),
            (unsigned long long)s.shared_locks_recovered,
            (unsigned long long)s.shared_lock_repairs);
-    CHECK(done == kills && stalls == 0, "%d of %d kills done, survivors never stalled", done,
+    FT_CHECK(done == kills && stalls == 0, "%d of %d kills done, survivors never stalled", done,
           kills);
-    CHECK(s.shared_locks_recovered > 0, "kills landed inside locks: %llu recovered",
+    FT_CHECK(s.shared_locks_recovered > 0, "kills landed inside locks: %llu recovered",
           (unsigned long long)s.shared_locks_recovered);
-    CHECK(atomic_load(&bd->bad) == 0, "every handshake a worker finished verified (%ld did not%s%s)",
+    FT_CHECK(atomic_load(&bd->bad) == 0, "every handshake a worker finished verified (%ld did not%s%s)",
           atomic_load(&bd->bad), bd->bad_written ? ": " : "", bd->first_bad);
-    CHECK(clean == KILL_WORKERS, "the %d last workers stopped cleanly when told", clean);
-    CHECK(mine == 10, "the master verified 10 handshakes at the end %s", err);
-    CHECK(most == used0 && s.shared_used == used0, "the arena stayed at %llu bytes (most %llu)",
+    FT_CHECK(clean == KILL_WORKERS, "the %d last workers stopped cleanly when told", clean);
+    FT_CHECK(mine == 10, "the master verified 10 handshakes at the end %s", err);
+    FT_CHECK(most == used0 && s.shared_used == used0, "the arena stayed at %llu bytes (most %llu)",
           (unsigned long long)used0, (unsigned long long)most);
-    CHECK(ossl_mem_check() == 0, "the master's check is clean");
-    exit(fails ? 1 : 0);
+    FT_CHECK(ossl_mem_check() == 0, "the master's check is clean");
+    exit(ft_fails ? 1 : 0);
 }
 
 /* ------------------------------------------------------------------ */
@@ -715,11 +693,11 @@ struct reload_result {
 static __attribute__((noinline)) void reloads(struct rboard *bd, struct reload_result *res)
 {
     struct omt_pki pki, npki;
-    uint64_t before = stats().shared_used;
+    uint64_t before = ft_stats().shared_used;
     struct gen *g = new_gen(0, &pki);
     if (!g)
         exit(1);
-    res->gen_bytes = stats().shared_used - before;
+    res->gen_bytes = ft_stats().shared_used - before;
     atomic_store(&bd->cur, g);
     pid_t pid[4];
     for (int w = 0; w < 4; w++)
@@ -730,7 +708,7 @@ static __attribute__((noinline)) void reloads(struct rboard *bd, struct reload_r
         struct gen *n = new_gen(k, &npki);
         if (!n) {
             printf("FAIL: reload %d: building the contexts failed\n", k);
-            fails++;
+            ft_fails++;
             break;
         }
         res->built++;
@@ -750,7 +728,7 @@ static __attribute__((noinline)) void reloads(struct rboard *bd, struct reload_r
                 reload_worker(bd);
             res->kills++;
         }
-        res->used[k] = stats().shared_used;
+        res->used[k] = ft_stats().shared_used;
     }
     atomic_store(&bd->stop, 1);
     atomic_store(&bd->cur, NULL);
@@ -770,7 +748,7 @@ static void case_reload_kills(const void *a, const void *b)
         exit(1);
     ossl_mem_shared_begin(); /* the warm-up, before the baseline */
     ossl_mem_shared_end();
-    uint64_t used0 = stats().shared_used;
+    uint64_t used0 = ft_stats().shared_used;
     struct reload_result res = {0};
     reloads(bd, &res);
     /* out here, where no local still points at the last generation: the workers' exits are
@@ -779,7 +757,7 @@ static void case_reload_kills(const void *a, const void *b)
         waitpid(res.pid[w], NULL, 0);
         ossl_mem_worker_exited(res.pid[w]);
     }
-    struct ossl_mem_stats s = stats();
+    struct ossl_mem_stats s = ft_stats();
     if (s.shared_used != used0)
         ossl_mem_report(stdout, OSSL_MEM_REPORT_TEXT);
     /*
@@ -801,21 +779,21 @@ static void case_reload_kills(const void *a, const void *b)
            atomic_load(&bd->ok), (unsigned long long)s.shared_locks_recovered,
            (unsigned long long)s.shared_lock_repairs, (unsigned long long)res.used[RELOADS / 2],
            (unsigned long long)res.used[RELOADS]);
-    CHECK(res.built == RELOADS && res.kills > 20, "%d reloads with %d kills", res.built,
+    FT_CHECK(res.built == RELOADS && res.kills > 20, "%d reloads with %d kills", res.built,
           res.kills);
-    CHECK(atomic_load(&bd->bad) == 0 && atomic_load(&bd->ok) > 0,
+    FT_CHECK(atomic_load(&bd->bad) == 0 && atomic_load(&bd->ok) > 0,
           "%ld handshakes, every finished one verified (%ld did not%s%s)", atomic_load(&bd->ok),
           atomic_load(&bd->bad), bd->bad_written ? ": " : "", bd->first_bad);
-    CHECK(floor_late <= floor_early + res.gen_bytes / 2 && most <= used0 + 12 * res.gen_bytes,
+    FT_CHECK(floor_late <= floor_early + res.gen_bytes / 2 && most <= used0 + 12 * res.gen_bytes,
           "arena use steady without ossl_mem_reclaim(): least use over reloads 1-20 %llu bytes "
           "over the baseline, over the last 20 %llu, most %llu; a generation takes %llu",
           (unsigned long long)(floor_early - used0), (unsigned long long)(floor_late - used0),
           (unsigned long long)(most - used0), (unsigned long long)res.gen_bytes);
-    CHECK(s.shared_used == used0 && s.shared_contexts == 0, "after the last retire and the "
+    FT_CHECK(s.shared_used == used0 && s.shared_contexts == 0, "after the last retire and the "
           "workers' exit the arena is back to %llu bytes (was %llu)",
           (unsigned long long)s.shared_used, (unsigned long long)used0);
-    CHECK(ossl_mem_check() == 0, "the master's check is clean");
-    exit(fails ? 1 : 0);
+    FT_CHECK(ossl_mem_check() == 0, "the master's check is clean");
+    exit(ft_fails ? 1 : 0);
 }
 
 /* ------------------------------------------------------------------ */
@@ -837,11 +815,11 @@ static long build_then_share(struct ft_shared *g)
     g->srv = bad ? NULL : omt_server_ctx(&g->pki, &o);
     g->cli = bad ? NULL : omt_client_ctx(&g->pki, &o);
     ossl_mem_shared_end();
-    uint64_t built = stats().shared_used;
+    uint64_t built = ft_stats().shared_used;
     if (!g->srv || !g->cli || ossl_mem_share_ssl_ctx(g->srv) != 0 ||
         ossl_mem_share_ssl_ctx(g->cli) != 0)
         return -1;
-    return (long)(stats().shared_used - built);
+    return (long)(ft_stats().shared_used - built);
 }
 
 static void case_refs(const void *a, const void *b)
@@ -850,7 +828,7 @@ static void case_refs(const void *a, const void *b)
     ft_init_or_die(NULL);
     ossl_mem_shared_begin();
     ossl_mem_shared_end();
-    uint64_t used0 = stats().shared_used;
+    uint64_t used0 = ft_stats().shared_used;
     struct ft_shared g1, g2;
     long reg1 = build_then_share(&g1);
     if (reg1 < 0)
@@ -874,17 +852,17 @@ static void case_refs(const void *a, const void *b)
     ossl_mem_worker_exited(pid);
     int r1 = ossl_mem_retire_ssl_ctx(g1.srv), r2 = ossl_mem_retire_ssl_ctx(g1.cli);
     omt_pki_free(&g1.pki); /* the owner's own references: the dead worker's keep the objects */
-    uint64_t left = stats().shared_used - used0;
+    uint64_t left = ft_stats().shared_used - used0;
     /* the next generation: its registration adds what the first one's did, and collects */
-    uint64_t before = stats().shared_used;
+    uint64_t before = ft_stats().shared_used;
     long reg2 = build_then_share(&g2);
-    uint64_t g2_bytes = stats().shared_used - before + left;
-    CHECK(r1 == 1 && r2 == 1 && left > 0, "the retired generation was destroyed at once, and "
+    uint64_t g2_bytes = ft_stats().shared_used - before + left;
+    FT_CHECK(r1 == 1 && r2 == 1 && left > 0, "the retired generation was destroyed at once, and "
           "%llu bytes stayed: the killed worker's references", (unsigned long long)left);
-    CHECK(reg2 == reg1 - (long)left, "registering the next generation collected them: it added "
+    FT_CHECK(reg2 == reg1 - (long)left, "registering the next generation collected them: it added "
           "%ld bytes, the first registration %ld (no ossl_mem_reclaim() call; generation %llu "
           "bytes)", reg2, reg1, (unsigned long long)g2_bytes);
-    exit(fails ? 1 : 0);
+    exit(ft_fails ? 1 : 0);
 }
 
 /* ------------------------------------------------------------------ */

@@ -22,27 +22,6 @@
 #define WORKERS     8
 #define HANDSHAKES  1000
 
-/* Every case runs in its own fresh process (ft_run) and prints "ok: ..." or "FAIL: ..." lines. */
-static int fails;
-
-#define CHECK(cond, ...)                                        \
-    do {                                                        \
-        if (cond) {                                             \
-            printf("ok: " __VA_ARGS__);                         \
-        } else {                                                \
-            printf("FAIL: " __VA_ARGS__);                       \
-            fails++;                                            \
-        }                                                       \
-        printf("\n");                                           \
-    } while (0)
-
-static struct ossl_mem_stats stats(void)
-{
-    struct ossl_mem_stats s;
-    ossl_mem_get_stats(&s);
-    return s;
-}
-
 /* Runs <n> handshakes, over a BIO pair or a socketpair; returns how many verified. */
 static int handshakes(SSL_CTX *srv, SSL_CTX *cli, int n, int sockets, char *err, size_t errlen)
 {
@@ -121,7 +100,7 @@ static void worker(int w, struct ft_shared *s, int ready_fd, char *note)
     }
     case 5: {
         OPENSSL_cleanup();
-        struct ossl_mem_stats st = stats();
+        struct ossl_mem_stats st = ft_stats();
         printf("worker 5: after OPENSSL_cleanup: %llu inherited frees refused, %llu double, "
                "%llu invalid\n", (unsigned long long)st.inherited_frees,
                (unsigned long long)st.double_frees, (unsigned long long)st.invalid_frees);
@@ -129,7 +108,7 @@ static void worker(int w, struct ft_shared *s, int ready_fd, char *note)
     }
     case 6: {
         OPENSSL_free(note);
-        uint64_t n = stats().inherited_frees;
+        uint64_t n = ft_stats().inherited_frees;
         printf("worker 6: freed the parent's shared buffer: %llu inherited free refused\n",
                (unsigned long long)n);
         exit(code || n != 1 ? 3 : 0);
@@ -143,7 +122,7 @@ static void case_verify(const void *a, const void *b)
 {
     (void)a, (void)b;
     ft_init_or_die(NULL);
-    struct ossl_mem_stats s0 = stats();
+    struct ossl_mem_stats s0 = ft_stats();
     struct ft_shared s;
     if (ft_build_shared(&s, 0) != 0) {
         printf("FAIL: building the shared contexts\n");
@@ -152,11 +131,11 @@ static void case_verify(const void *a, const void *b)
     ossl_mem_shared_begin();
     char *note = OPENSSL_strdup("the parent's shared configuration");
     ossl_mem_shared_end();
-    struct ossl_mem_stats s1 = stats();
-    CHECK(ossl_mem_is_shared(s.srv) && ossl_mem_is_shared(s.cli) && s1.shared_contexts == 2,
+    struct ossl_mem_stats s1 = ft_stats();
+    FT_CHECK(ossl_mem_is_shared(s.srv) && ossl_mem_is_shared(s.cli) && s1.shared_contexts == 2,
           "contexts built in the arena and registered (%llu bytes, %llu chunks)",
           (unsigned long long)s1.shared_used, (unsigned long long)s1.shared_live_chunks);
-    CHECK(s1.lock_inits_shared > 0, "%llu OpenSSL locks in the arena made process-shared",
+    FT_CHECK(s1.lock_inits_shared > 0, "%llu OpenSSL locks in the arena made process-shared",
           (unsigned long long)s1.lock_inits_shared);
     int ready[2];
     if (pipe(ready) != 0)
@@ -167,7 +146,7 @@ static void case_verify(const void *a, const void *b)
         if ((pid[w] = fork()) == 0)
             worker(w, &s, ready[1], note);
     char c;
-    CHECK(read(ready[0], &c, 1) == 1, "worker 4 holds a connection; killing it");
+    FT_CHECK(read(ready[0], &c, 1) == 1, "worker 4 holds a connection; killing it");
     kill(pid[4], SIGKILL);
     int good = 0;
     for (int w = 0; w < WORKERS; w++) {
@@ -182,28 +161,28 @@ static void case_verify(const void *a, const void *b)
                    WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st));
         ossl_mem_worker_exited(pid[w]);
     }
-    CHECK(good == WORKERS, "all %d workers verified every handshake and ended as planned", WORKERS);
+    FT_CHECK(good == WORKERS, "all %d workers verified every handshake and ended as planned", WORKERS);
     char err[256] = "";
     int ok = handshakes(s.srv, s.cli, 50, 0, err, sizeof err);
-    CHECK(ok == 50, "parent still completes handshakes after its workers are gone (%d/50 %s)", ok, err);
-    CHECK(ossl_mem_check() == 0, "ossl_mem_check() clean in the parent");
-    CHECK(strcmp(note, "the parent's shared configuration") == 0, "the buffer a worker tried to "
+    FT_CHECK(ok == 50, "parent still completes handshakes after its workers are gone (%d/50 %s)", ok, err);
+    FT_CHECK(ossl_mem_check() == 0, "ossl_mem_check() clean in the parent");
+    FT_CHECK(strcmp(note, "the parent's shared configuration") == 0, "the buffer a worker tried to "
           "free is intact in the parent");
     OPENSSL_free(note);
     omt_pki_free(&s.pki);
     int r1 = ossl_mem_retire_ssl_ctx(s.srv), r2 = ossl_mem_retire_ssl_ctx(s.cli);
-    struct ossl_mem_stats s2 = stats();
-    CHECK(r1 == 1 && r2 == 1, "retire destroyed both contexts at once (every worker reported)");
-    CHECK(s2.shared_used == s0.shared_used && s2.shared_live_chunks == s0.shared_live_chunks &&
+    struct ossl_mem_stats s2 = ft_stats();
+    FT_CHECK(r1 == 1 && r2 == 1, "retire destroyed both contexts at once (every worker reported)");
+    FT_CHECK(s2.shared_used == s0.shared_used && s2.shared_live_chunks == s0.shared_live_chunks &&
               s2.shared_contexts == 0,
           "arena back to its pre-context figures: %llu bytes, %llu chunks (%llu chunks the killed "
           "worker's references kept were reclaimed)",
           (unsigned long long)s2.shared_used, (unsigned long long)s2.shared_live_chunks,
           (unsigned long long)s2.shared_reclaimed);
-    CHECK(s2.shared_reclaimed > 0, "the killed worker's raised reference counts did not leak");
-    CHECK(s2.double_frees == 0 && s2.invalid_frees == 0, "no double or invalid free in the parent");
-    CHECK(ossl_mem_check() == 0, "ossl_mem_check() clean after destruction");
-    exit(fails ? 1 : 0);
+    FT_CHECK(s2.shared_reclaimed > 0, "the killed worker's raised reference counts did not leak");
+    FT_CHECK(s2.double_frees == 0 && s2.invalid_frees == 0, "no double or invalid free in the parent");
+    FT_CHECK(ossl_mem_check() == 0, "ossl_mem_check() clean after destruction");
+    exit(ft_fails ? 1 : 0);
 }
 
 /* ------------------------------------------------------------------ */
@@ -247,12 +226,12 @@ static void case_rsa(const void *a, const void *b)
         good += WIFEXITED(st) && WEXITSTATUS(st) == 0;
         ossl_mem_worker_exited(pid[w]);
     }
-    CHECK(good == 4, "4 workers x 150 handshakes with shared RSA-2048 keys all verified");
+    FT_CHECK(good == 4, "4 workers x 150 handshakes with shared RSA-2048 keys all verified");
     omt_pki_free(&pki);
-    CHECK(ossl_mem_retire_ssl_ctx(srv) == 1 && ossl_mem_retire_ssl_ctx(cli) == 1 &&
-          stats().shared_live_chunks == 0 && ossl_mem_check() == 0,
+    FT_CHECK(ossl_mem_retire_ssl_ctx(srv) == 1 && ossl_mem_retire_ssl_ctx(cli) == 1 &&
+          ft_stats().shared_live_chunks == 0 && ossl_mem_check() == 0,
           "retired and reclaimed: the arena is empty");
-    exit(fails ? 1 : 0);
+    exit(ft_fails ? 1 : 0);
 }
 
 /* ------------------------------------------------------------------ */
@@ -286,16 +265,16 @@ static void case_unregistered(const void *a, const void *b)
         SSL_CTX_free(srv);
         SSL_CTX_free(cli);
         printf("worker: freed both contexts: %llu inherited frees refused\n",
-               (unsigned long long)stats().inherited_frees);
-        exit(stats().inherited_frees > 0 ? 0 : 3);
+               (unsigned long long)ft_stats().inherited_frees);
+        exit(ft_stats().inherited_frees > 0 ? 0 : 3);
     }
     int st;
     waitpid(pid, &st, 0);
-    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the worker's frees were refused as inherited");
+    FT_CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the worker's frees were refused as inherited");
     int ok = handshakes(srv, cli, 5, 0, NULL, 0);
-    CHECK(ok < 5, "without registration the parent's context is dead after a worker freed it "
+    FT_CHECK(ok < 5, "without registration the parent's context is dead after a worker freed it "
           "(%d/5 handshakes): the failure share_ssl_ctx prevents", ok);
-    exit(fails ? 1 : 0);
+    exit(ft_fails ? 1 : 0);
 }
 
 /* ------------------------------------------------------------------ */
@@ -414,13 +393,13 @@ static void case_robust(const void *a, const void *b)
         good += WIFEXITED(st) && WEXITSTATUS(st) == 0;
         ossl_mem_worker_exited(pid[w]);
     }
-    struct ossl_mem_stats s = stats();
-    CHECK(good == 3, "3 workers allocated and freed in the arena after a process died holding "
+    struct ossl_mem_stats s = ft_stats();
+    FT_CHECK(good == 3, "3 workers allocated and freed in the arena after a process died holding "
           "its lock");
-    CHECK(s.shared_lock_repairs == 1, "the abandoned lock was repaired once (%llu)",
+    FT_CHECK(s.shared_lock_repairs == 1, "the abandoned lock was repaired once (%llu)",
           (unsigned long long)s.shared_lock_repairs);
-    CHECK(s.shared_live_chunks == 0 && ossl_mem_check() == 0, "arena consistent after the repair");
-    exit(fails ? 1 : 0);
+    FT_CHECK(s.shared_live_chunks == 0 && ossl_mem_check() == 0, "arena consistent after the repair");
+    exit(ft_fails ? 1 : 0);
 }
 
 /* ------------------------------------------------------------------ */
@@ -505,7 +484,7 @@ static __attribute__((noinline)) void reload_cycles(struct board *bd, struct rel
         struct gen *n = new_gen(k);
         if (!n) {
             printf("FAIL: reload %d: building the contexts failed\n", k);
-            fails++;
+            ft_fails++;
             break;
         }
         res->built++;
@@ -521,11 +500,11 @@ static __attribute__((noinline)) void reload_cycles(struct board *bd, struct rel
          * run for a while, and without this wait reloads every 5 ms would pile generations up
          * legitimately. Two seconds without it is a failure of the bound below.
          */
-        for (int t = 0; t < 2000 && stats().shared_contexts > 4; t++) {
+        for (int t = 0; t < 2000 && ft_stats().shared_contexts > 4; t++) {
             usleep(1000);
             ossl_mem_reclaim();
         }
-        uint64_t used = stats().shared_used;
+        uint64_t used = ft_stats().shared_used;
         if (k == 10)
             res->used_at_10 = used;
         if (used > res->most)
@@ -553,28 +532,28 @@ static void case_reload(const void *a, const void *b)
         exit(1);
     ossl_mem_shared_begin(); /* the warm-up happens here, before the baseline */
     ossl_mem_shared_end();
-    struct ossl_mem_stats s0 = stats();
+    struct ossl_mem_stats s0 = ft_stats();
     struct reload_result res = {0};
     reload_cycles(bd, &res);
     ossl_mem_reclaim();
-    struct ossl_mem_stats s1 = stats();
+    struct ossl_mem_stats s1 = ft_stats();
     if (s1.shared_used != s0.shared_used)
         ossl_mem_report(stdout, OSSL_MEM_REPORT_TEXT);
-    CHECK(res.good == RELOAD_WORKERS && atomic_load(&bd->failures) == 0,
+    FT_CHECK(res.good == RELOAD_WORKERS && atomic_load(&bd->failures) == 0,
           "%d reloads: %ld handshakes by %d workers, %ld failed, every one verified against the "
           "generation it started with", res.built - 1, atomic_load(&bd->handshakes),
           RELOAD_WORKERS, atomic_load(&bd->failures));
-    CHECK(atomic_load(&bd->handshakes) >= RELOADS, "workers kept serving during the reloads");
-    CHECK(res.most <= 4 * (res.used_at_10 ? res.used_at_10 : 1), "arena use stayed bounded: "
+    FT_CHECK(atomic_load(&bd->handshakes) >= RELOADS, "workers kept serving during the reloads");
+    FT_CHECK(res.most <= 4 * (res.used_at_10 ? res.used_at_10 : 1), "arena use stayed bounded: "
           "%llu bytes at reload 10, at most %llu", (unsigned long long)res.used_at_10,
           (unsigned long long)res.most);
-    CHECK(s1.shared_used == s0.shared_used && s1.shared_contexts == 0,
+    FT_CHECK(s1.shared_used == s0.shared_used && s1.shared_contexts == 0,
           "after the last retire the arena is back to %llu bytes (was %llu before the first "
           "context; %llu chunks reclaimed)", (unsigned long long)s1.shared_used,
           (unsigned long long)s0.shared_used, (unsigned long long)s1.shared_reclaimed);
-    CHECK(ossl_mem_check() == 0 && s1.double_frees == 0 && s1.invalid_frees == 0,
+    FT_CHECK(ossl_mem_check() == 0 && s1.double_frees == 0 && s1.invalid_frees == 0,
           "parent clean after %d reloads", RELOADS);
-    exit(fails ? 1 : 0);
+    exit(ft_fails ? 1 : 0);
 }
 
 /* ------------------------------------------------------------------ */
@@ -597,25 +576,25 @@ static void case_exhaust(const void *a, const void *b)
     ossl_mem_shared_end();
     unsigned long err = ERR_peek_last_error();
     ERR_clear_error();
-    struct ossl_mem_stats s = stats();
-    CHECK(n > 0 && n < 1000 && s.shared_failed > 0, "a 2 MiB arena held %d server contexts, then "
+    struct ossl_mem_stats s = ft_stats();
+    FT_CHECK(n > 0 && n < 1000 && s.shared_failed > 0, "a 2 MiB arena held %d server contexts, then "
           "context creation failed cleanly (%llu refused allocations, OpenSSL said: %s)", n,
           (unsigned long long)s.shared_failed, err ? ERR_reason_error_string(err) : "nothing");
     for (int i = 0; i < n; i++)
         SSL_CTX_free(ctx[i]);
-    uint64_t used = stats().shared_used;
+    uint64_t used = ft_stats().shared_used;
     ossl_mem_shared_begin();
     int again = 0;
     while (again < n / 2 && (ctx[again] = omt_server_ctx(&pki, &o)) != NULL)
         again++;
     ossl_mem_shared_end();
-    CHECK(again == n / 2, "after the frees %d new contexts fit again (arena down to %llu bytes)",
+    FT_CHECK(again == n / 2, "after the frees %d new contexts fit again (arena down to %llu bytes)",
           again, (unsigned long long)used);
     for (int i = 0; i < again; i++)
         SSL_CTX_free(ctx[i]);
     omt_pki_free(&pki);
-    CHECK(stats().shared_live_chunks == 0 && ossl_mem_check() == 0, "arena empty and clean at the end");
-    exit(fails ? 1 : 0);
+    FT_CHECK(ft_stats().shared_live_chunks == 0 && ossl_mem_check() == 0, "arena empty and clean at the end");
+    exit(ft_fails ? 1 : 0);
 }
 
 /* ------------------------------------------------------------------ */
@@ -648,10 +627,10 @@ static void case_scan(const void *a, const void *b)
     int st;
     waitpid(pid, &st, 0);
     ossl_mem_worker_exited(pid);
-    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the scan found nothing after clean handshakes "
+    FT_CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the scan found nothing after clean handshakes "
           "and exactly the planted private pointer");
-    CHECK(ossl_mem_check() == 0, "the parent, which has not that memory, finds nothing");
-    exit(fails ? 1 : 0);
+    FT_CHECK(ossl_mem_check() == 0, "the parent, which has not that memory, finds nothing");
+    exit(ft_fails ? 1 : 0);
 }
 
 /* ------------------------------------------------------------------ */
@@ -690,9 +669,9 @@ static void case_unprepared(const void *a, const void *b)
         ossl_mem_worker_exited(pid[w]);
     }
     printf("no-shared-prepare: %d of 4 workers clean\n", clean);
-    CHECK(clean < 4, "without the warm-up and the lazy fill, workers fail (%d of 4 clean): "
+    FT_CHECK(clean < 4, "without the warm-up and the lazy fill, workers fail (%d of 4 clean): "
           "what shared-prepare prevents", clean);
-    exit(fails ? 1 : 0);
+    exit(ft_fails ? 1 : 0);
 }
 
 /* ------------------------------------------------------------------ */
@@ -712,17 +691,17 @@ static void case_inherited_abort(const void *a, const void *b)
         alarm(30);
         OPENSSL_free(note); /* twice from one site: counted twice, reported once */
         OPENSSL_free(note);
-        _exit(stats().inherited_frees == 2 ? 0 : 3);
+        _exit(ft_stats().inherited_frees == 2 ? 0 : 3);
     }
     int st;
     waitpid(pid, &st, 0);
     ossl_mem_worker_exited(pid);
-    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "a worker's free of the parent's shared chunk "
+    FT_CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "a worker's free of the parent's shared chunk "
           "under on-error=abort: refused, counted, survived");
-    CHECK(strcmp(note, "kept by the parent") == 0, "the chunk is intact in the parent");
+    FT_CHECK(strcmp(note, "kept by the parent") == 0, "the chunk is intact in the parent");
     OPENSSL_free(note);
-    CHECK(stats().shared_live_chunks == 0, "the owner's own free is performed");
-    exit(fails ? 1 : 0);
+    FT_CHECK(ft_stats().shared_live_chunks == 0, "the owner's own free is performed");
+    exit(ft_fails ? 1 : 0);
 }
 
 /* ------------------------------------------------------------------ */

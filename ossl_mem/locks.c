@@ -47,7 +47,7 @@
  *   never relies on two readers holding one lock at once. The locks that
  *   land in the arena (the SSL_CTX's, its X509_STORE's, the certificates'
  *   and keys') are held for a few hundred instructions per use; README
- *   "Robust locks" has the measurement that chose this.
+ *   "Workers that die anywhere" has the measurement that chose this.
  * - Recursive, because an rwlock lets one thread take a read lock it
  *   already holds, and OpenSSL does.
  * The mutex's owner died bit tells that a holder died; which process it was

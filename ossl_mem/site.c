@@ -36,6 +36,21 @@ int om_site_init(void)
     return 0;
 }
 
+/*
+ * Whether slot <i> of the site table holds <key>, claiming it if it was empty (another
+ * thread may claim it first, with this key or another).
+ */
+static bool slot_is(uint32_t i, uint64_t key)
+{
+    uint64_t k = atomic_load_explicit(&om_g.sites[i], memory_order_relaxed);
+    if (k == key)
+        return true;
+    if (k != 0)
+        return false;
+    uint64_t expect = 0;
+    return atomic_compare_exchange_strong(&om_g.sites[i], &expect, key) || expect == key;
+}
+
 /* The id of site <file>:<line>, registering it on first use; never fails. */
 uint16_t om_site_id_slow(const char *file, int line)
 {
@@ -52,30 +67,15 @@ uint16_t om_site_id_slow(const char *file, int line)
     const uint32_t hot = 1u << OM_SITES_HOT_SHIFT;
     /* the hot slot (ids 0 and 1 are reserved: a key hashed there goes to the rest) */
     uint32_t i = (uint32_t)(h >> (64 - OM_SITES_HOT_SHIFT));
-    if (i >= 2) {
-        uint64_t k = atomic_load_explicit(&om_g.sites[i], memory_order_relaxed);
-        if (k == key)
-            return (uint16_t)i;
-        if (k == 0) {
-            uint64_t expect = 0;
-            if (atomic_compare_exchange_strong(&om_g.sites[i], &expect, key) || expect == key)
-                return (uint16_t)i;
-        }
-    }
+    if (i >= 2 && slot_is(i, key))
+        return (uint16_t)i;
     /* the rest: slots hot .. OM_NSITES - 1, linear probing from a second hash into the next
        512 slots (one page: the few sites that collide share it; a crowded table probes on) */
     uint32_t span = OM_NSITES - hot;
     i = hot + (uint32_t)((h >> 16) & 511);
-    for (uint32_t probes = 0; probes < span; probes++, i = i + 1 < OM_NSITES ? i + 1 : hot) {
-        uint64_t k = atomic_load_explicit(&om_g.sites[i], memory_order_relaxed);
-        if (k == key)
+    for (uint32_t probes = 0; probes < span; probes++, i = i + 1 < OM_NSITES ? i + 1 : hot)
+        if (slot_is(i, key))
             return (uint16_t)i;
-        if (k == 0) {
-            uint64_t expect = 0;
-            if (atomic_compare_exchange_strong(&om_g.sites[i], &expect, key) || expect == key)
-                return (uint16_t)i;
-        }
-    }
     return OM_SITE_OTHER;
 }
 
