@@ -760,9 +760,9 @@ OM_HIDDEN extern _Atomic uint64_t om_lock_inits_shared;
 
 /*
  * The id of OpenSSL site <file>:<line>: one probe of the shared site table
- * when the site is known (the common case), om_site_id_slow() otherwise.
- * The probe is in the table's first 4096 slots (32 KiB), where most sites
- * live: site.c says why.
+ * when the site is known (the common case; two for a site whose first slot
+ * another one took), om_site_id_slow() otherwise. The probes are in the
+ * table's first 4096 slots (32 KiB), where most sites live: site.c says why.
  */
 static inline uint16_t om_site_id(const char *file, int line)
 {
@@ -771,6 +771,8 @@ static inline uint16_t om_site_id(const char *file, int line)
     /* slots 0 and 1 hold 0, which only the key of (NULL, 0), site 0, matches */
     if (OM_LIKELY(atomic_load_explicit(&om_g.sites[i], memory_order_relaxed) == key))
         return (uint16_t)i;
+    if (atomic_load_explicit(&om_g.sites[i ^ 1], memory_order_relaxed) == key)
+        return (uint16_t)(i ^ 1);
     return om_site_id_slow(file, line);
 }
 

@@ -174,12 +174,14 @@ static void *alloc_shared(struct om_tc *tc, size_t n, uint16_t site, uint8_t tag
     return p;
 }
 
-/* Slow path of om_malloc_cb(): large requests, empty caches, shared scopes, the orphan cache, a fork. */
-static OM_COLD void *malloc_slow(size_t n, const char *file, int line)
+/*
+ * Slow path of om_malloc_cb(): large requests, empty caches, shared scopes, the orphan cache, a
+ * fork; <site> is the site's id, looked up by the caller.
+ */
+static OM_COLD void *malloc_slow_site(size_t n, uint16_t site)
 {
     struct om_tc *tc = om_tc_enter();
     om_op_begin(tc);
-    uint16_t site = om_site_id(file, line);
     void *p;
     if (tc->shared_depth && !om_site_private(site))
         p = alloc_shared(tc, n, site, tc->tag);
@@ -190,10 +192,17 @@ static OM_COLD void *malloc_slow(size_t n, const char *file, int line)
     return p;
 }
 
+/* malloc_slow_site() for a site the fast path did not find in the table. */
+static OM_COLD void *malloc_slow(size_t n, const char *file, int line)
+{
+    return malloc_slow_site(n, om_site_id(file, line));
+}
+
 /*
  * The site id of <file>:<line> if the site table's first probe finds it
- * (the common case), else 0xFFFFFFFF: the fast paths then take their slow
- * path, which registers the site.
+ * (the common case) or the second (the other slot of the pair), else
+ * 0xFFFFFFFF: the fast paths then take their slow path, which registers
+ * the site.
  */
 static inline __attribute__((always_inline)) uint32_t site_fast(const char *file, int line)
 {
@@ -201,6 +210,8 @@ static inline __attribute__((always_inline)) uint32_t site_fast(const char *file
     uint32_t i = (uint32_t)((key * om_g.site_mul) >> (64 - OM_SITES_HOT_SHIFT));
     if (OM_LIKELY(atomic_load_explicit(&om_g.sites[i], memory_order_relaxed) == key))
         return i;
+    if (atomic_load_explicit(&om_g.sites[i ^ 1], memory_order_relaxed) == key)
+        return i ^ 1;
     return 0xFFFFFFFFu;
 }
 
@@ -224,22 +235,28 @@ static OM_COLD void *end_flush(struct om_tc *tc, void *p)
  * and counters (the cache's first line, its count for the class and the
  * slot), the site table's entry and the chunk's header. It makes no calls:
  * whatever it does not handle goes, before anything is changed, to
- * malloc_slow() (a tail call), which does the whole allocation.
+ * malloc_slow_site() (a tail call, with the site looked up first so that
+ * <file> and <line> are dead early: no register is saved), which does the
+ * whole allocation; an unknown site goes to malloc_slow(), which registers it.
  */
 void *om_malloc_cb(size_t n, const char *file, int line)
 {
+    uint32_t site = site_fast(file, line);
+    if (OM_UNLIKELY(site > 0xFFFF))
+        return malloc_slow(n, file, line);
     struct om_tc *tc = om_tls_tc;
     if (OM_UNLIKELY((uintptr_t)tc <= (uintptr_t)OM_TC_DEAD || n > OM_SMALL_MAX))
-        return malloc_slow(n, file, line);
+        return malloc_slow_site(n, (uint16_t)site);
     unsigned cls = om_size_class(n);
     uint32_t k = tc->cc[cls].n;
-    uint32_t site = site_fast(file, line);
-    if (OM_UNLIKELY(k == 0 || tc->shared_depth || site > 0xFFFF))
-        return malloc_slow(n, file, line);
+    if (OM_UNLIKELY(k == 0))
+        return malloc_slow_site(n, (uint16_t)site);
+    if (OM_UNLIKELY(tc->shared_depth))
+        return malloc_slow_site(n, (uint16_t)site);
     __atomic_store_n(&tc->busy, 1, __ATOMIC_RELAXED);
     __atomic_signal_fence(__ATOMIC_SEQ_CST);
     if (OM_UNLIKELY(__atomic_load_n(&om_g.gate, __ATOMIC_RELAXED)))
-        return malloc_slow(n, file, line); /* waits there (om_op_begin), nothing changed yet */
+        return malloc_slow_site(n, (uint16_t)site); /* waits there, nothing changed yet */
     struct om_chunk *h = tc->slot[cls][k - 1];
     tc->cc[cls].n = (uint16_t)(k - 1);
     om_hdr_store_live_w1(h, (uint32_t)n, (uint16_t)site,
@@ -315,10 +332,10 @@ static OM_COLD void free_slow_site(void *p, uint32_t site)
  * may be up. Not marked cold: gcc would compile it for size.
  */
 static __attribute__((noinline)) void free_rest_site(struct om_tc *tc, struct om_chunk *h,
-                                                      unsigned cls, uint32_t size, uint32_t site)
+                                                      uint32_t site)
 {
     om_op_begin(tc);
-    om_free_small(tc, h, cls, size, (uint16_t)site);
+    om_free_small(tc, h, h->cls, h->size, (uint16_t)site);
     om_op_end(tc);
 }
 
@@ -373,7 +390,6 @@ static inline __attribute__((always_inline)) void free_fast(void *p, const char 
 {
     if (OM_UNLIKELY(!p))
         return; /* one free in seven */
-    struct om_tc *tc = om_tls_tc;
     uintptr_t a = (uintptr_t)p;
     /* the site first: after it <file> and <line> are dead, which leaves enough registers for
        the rest without saving any; each test has its own branch (combined, the compiler
@@ -381,8 +397,6 @@ static inline __attribute__((always_inline)) void free_fast(void *p, const char 
     uint32_t site = site_fast(file, line);
     if (OM_UNLIKELY(site > 0xFFFF))
         return free_slow(p, file, line);
-    if (OM_UNLIKELY((uintptr_t)tc <= (uintptr_t)OM_TC_DEAD))
-        return free_slow_site(p, site);
     if (OM_UNLIKELY(a - om_g.fast_lo >= atomic_load_explicit(&om_g.fast_len, memory_order_relaxed)))
         return free_slow_site(p, site); /* NULL too */
     if (OM_UNLIKELY(a & 15))
@@ -398,17 +412,20 @@ static inline __attribute__((always_inline)) void free_fast(void *p, const char 
     if (OM_UNLIKELY(cls >= OM_NCLS))
         return free_slow_site(p, site); /* reports the header */
     uint32_t size = (uint32_t)w0;
+    struct om_tc *tc = om_tls_tc;
+    if (OM_UNLIKELY((uintptr_t)tc <= (uintptr_t)OM_TC_DEAD))
+        return free_slow_site(p, site);
     if (OM_UNLIKELY(whole))
-        return free_rest_site(tc, h, cls, size, site);
+        return free_rest_site(tc, h, site);
     __atomic_store_n(&tc->busy, 1, __ATOMIC_RELAXED);
     __atomic_signal_fence(__ATOMIC_SEQ_CST);
     if (OM_UNLIKELY(__atomic_load_n(&om_g.gate, __ATOMIC_RELAXED)))
-        return free_rest_site(tc, h, cls, size, site);
+        return free_rest_site(tc, h, site);
     if (quar && size > om_g.opt.quarantine_over) {
         struct om_quar *q = &tc->quar;
         uint64_t *ring = q->ring;
         if (OM_UNLIKELY(!ring))
-            return free_rest_site(tc, h, cls, size, site);
+            return free_rest_site(tc, h, site);
         bool flush = free_commit(tc, h, size, site, zero);
         uint32_t t = q->tail;
         ring[t & q->mask] = (uint64_t)(uintptr_t)h | (uint64_t)cls << 48;
@@ -421,7 +438,7 @@ static inline __attribute__((always_inline)) void free_fast(void *p, const char 
     } else {
         uint32_t n = tc->cc[cls].n;
         if (OM_UNLIKELY(n >= tc->cc[cls].cap))
-            return free_rest_site(tc, h, cls, size, site);
+            return free_rest_site(tc, h, site);
         bool flush = free_commit(tc, h, size, site, zero);
         tc->slot[cls][n] = h;
         tc->cc[cls].n = (uint16_t)(n + 1);

@@ -10,8 +10,9 @@
  * id is its slot.
  *
  * A site goes first to one slot among the first 4096 (the hot part, 32 KiB:
- * what every lookup touches); only if another site holds that slot does it
- * go to the rest of the table, by linear probing from a second hash (which
+ * what every lookup touches), or if another site holds that slot to the
+ * other slot of its 16-byte pair (the same cache line: the fast paths probe
+ * both); only if both are taken does it go to the rest of the table, by linear probing from a second hash (which
  * starts in the next 512 slots, one page). A handshake uses about 400
  * sites: spread over all 65,536 slots (512 KiB) they dirtied nearly every
  * page of the shared mapping, 512 KiB of RSS; now about 10 pages. (8192 hot
@@ -69,6 +70,8 @@ uint16_t om_site_id_slow(const char *file, int line)
     uint32_t i = (uint32_t)(h >> (64 - OM_SITES_HOT_SHIFT));
     if (i >= 2 && slot_is(i, key))
         return (uint16_t)i;
+    if ((i ^ 1) >= 2 && slot_is(i ^ 1, key)) /* its pair: the same 16 bytes, the same line */
+        return (uint16_t)(i ^ 1);
     /* the rest: slots hot .. OM_NSITES - 1, linear probing from a second hash into the next
        512 slots (one page: the few sites that collide share it; a crowded table probes on) */
     uint32_t span = OM_NSITES - hot;
