@@ -358,11 +358,11 @@ static inline __attribute__((always_inline)) bool free_commit(struct om_tc *tc,
                                                               struct om_chunk *h, uint32_t size,
                                                               uint32_t site, bool zero)
 {
+    if (zero)
+        om_wipe(om_user(h), (size + 15) & ~15u);
     OM_CTR_ADD(tc->st.frees, 1);
     int64_t l = tc->st.live - (int64_t)size;
     OM_CTR_SET(tc->st.live, l);
-    if (zero)
-        om_wipe(om_user(h), (size + 15) & ~15u);
     /* a live header has free site 0: the check changes by constants and the new site's mix */
     h->fsite = (uint16_t)site;
     h->state = OM_ST_FREED;
