@@ -32,9 +32,10 @@ static const char usage[] =
     "usage: " PROG " [--variant NAME[:OPTIONS]]... [--rounds R] [--handshakes N]\n"
     "                       [--key ec|rsa] [--timeout SEC] [--help]\n"
     "Measures TLS 1.3 handshakes per second with mutual certificate verification, both\n"
-    "ends in one process over a BIO pair. For each round the parent forks one child per\n"
-    "variant (order rotated every round); the child installs its allocator, makes the\n"
-    "PKI and contexts, runs 20 warm-up handshakes, then times N handshakes.\n"
+    "ends in one process over a BIO pair. For each round the parent starts one child per\n"
+    "variant (order rotated every round): a fork that re-executes this program, so that\n"
+    "the child's peak RSS is its own. The child installs its allocator, makes the PKI and\n"
+    "contexts, runs 20 warm-up handshakes, then times N handshakes.\n"
     "  --variant V     glibc, jemalloc, mimalloc, glibc-exec, ossl_mem or ossl_mem:OPTIONS\n"
     "                  (an ossl_mem options string, e.g. ossl_mem:no-zero); repeatable.\n"
     "                  Default: glibc, jemalloc, mimalloc, ossl_mem, ossl_mem:no-zero\n"
@@ -42,13 +43,13 @@ static const char usage[] =
     "  --handshakes N  timed handshakes per child (default 300)\n"
     "  --key ec|rsa    P-256 (default) or RSA-2048 keys\n"
     "  --timeout SEC   time limit of one child (default 60 + N*0.05 for ec, 90 + N*0.2 for rsa)\n"
-    "jemalloc and mimalloc: the child re-executes this program with LD_PRELOAD of\n"
-    "libjemalloc.so.2 or libmimalloc.so.2 (found next to libc, in /usr/local/lib, /usr/lib64\n"
-    "or /usr/lib; JEMALLOC_SO and MIMALLOC_SO override) and runs the glibc variant under it,\n"
-    "after checking that malloc resolves to that library. A variant whose library is not\n"
-    "found is reported as skipped (Debian: apt-get install libjemalloc2 libmimalloc2.0).\n"
-    "glibc-exec is glibc re-executed the same way with nothing preloaded: the control for\n"
-    "the re-execution itself.\n"
+    "jemalloc and mimalloc: the child runs with LD_PRELOAD of libjemalloc.so.2 or\n"
+    "libmimalloc.so.2 (found next to libc, in /usr/local/lib, /usr/lib64 or /usr/lib;\n"
+    "JEMALLOC_SO and MIMALLOC_SO override) and runs the glibc variant under it, after\n"
+    "checking that malloc resolves to that library; the other children run without\n"
+    "LD_PRELOAD. A variant whose library is not found is reported as skipped (Debian:\n"
+    "apt-get install libjemalloc2 libmimalloc2.0). glibc-exec, once the control for the\n"
+    "re-execution, is now the same as glibc (every child is re-executed).\n"
     "Prints one line per child as it finishes, then a table of medians. Exit status 0 if\n"
     "every handshake succeeded and ossl_mem saw no bad free, 1 on any failure, 2 on bad\n"
     "arguments.\n";
@@ -58,7 +59,6 @@ struct variant {
     char label[160];       /* as given on the command line, e.g. "ossl_mem:no-zero" */
     int is_om;             /* 1: install ossl_mem; 0: leave OpenSSL on its default (malloc) */
     const char *options;   /* ossl_mem options string, NULL for the defaults */
-    int reexec;            /* 1: the child re-executes this program (jemalloc, mimalloc, glibc-exec) */
     const char *soname;    /* jemalloc/mimalloc: the library to preload, else NULL */
     char preload[4096];    /* its path, "" if not found (the variant is skipped) */
 };
@@ -76,7 +76,7 @@ struct child_report {
     int ok;                /* 1 if every handshake succeeded */
     char err[256];         /* first failure when !ok */
     double hs_per_s;       /* timed handshakes per second */
-    long maxrss_kib;       /* getrusage(RUSAGE_SELF).ru_maxrss at the end */
+    long maxrss_kib;       /* getrusage(RUSAGE_SELF).ru_maxrss at the end (re-executed: its own) */
     int has_stats;         /* 1 for ossl_mem variants: the figures below are set */
     uint64_t peak_bytes, allocs, frees, double_frees, invalid_frees;
     uint64_t timed_allocs; /* allocs made during the timed handshakes */
@@ -187,13 +187,10 @@ static void parse_variant(const char *s, struct variant *v)
     strcpy(v->label, s);
     if (strcmp(s, "glibc") == 0)
         return;
-    if (strcmp(s, "glibc-exec") == 0) { /* the control: re-executed, nothing preloaded */
-        v->reexec = 1;
+    if (strcmp(s, "glibc-exec") == 0) /* once the control of the re-execution: glibc now */
         return;
-    }
     for (size_t i = 0; i < sizeof(preloads) / sizeof(preloads[0]); i++)
         if (strcmp(s, preloads[i].name) == 0) {
-            v->reexec = 1;
             v->soname = preloads[i].soname;
             find_preload(preloads[i].soname, preloads[i].env, v->preload, sizeof(v->preload));
             return;
@@ -360,9 +357,10 @@ static int run_child(const struct variant *v, const struct bench_cfg *bc, struct
         close(p[0]);
         alarm(0);
         signal(SIGALRM, SIG_DFL);
-        if (v->reexec) {
-            /* A preloaded allocator must be there before anything runs: run this program
-             * again under LD_PRELOAD; it goes straight to child_main with the same pipe. */
+        {
+            /* Run this program again: a preloaded allocator must be there before anything
+             * runs, and a forked child's ru_maxrss would start at the parent's RSS. The new
+             * image goes straight to child_main with the same pipe. */
             char fd[16], n[32];
             snprintf(fd, sizeof(fd), "%d", p[1]);
             snprintf(n, sizeof(n), "%ld", bc->handshakes);
@@ -379,7 +377,6 @@ static int run_child(const struct variant *v, const struct bench_cfg *bc, struct
             ssize_t w = write(p[1], &er, sizeof(er));
             _exit(w == (ssize_t)sizeof(er) ? 0 : 1);
         }
-        child_main(v, bc, p[1]);
     }
     close(p[1]);
 
@@ -471,24 +468,19 @@ static double dmax(const double *a, long n)
 }
 
 /*
- * The re-executed child of a jemalloc, mimalloc or glibc-exec variant:
- * argv = PROG --preloaded-child FD VARIANT HANDSHAKES ec|rsa, with the
- * library in LD_PRELOAD (none for glibc-exec). Never returns.
+ * The re-executed child of a variant: argv = PROG --preloaded-child FD
+ * VARIANT HANDSHAKES ec|rsa, with the library in LD_PRELOAD for jemalloc
+ * and mimalloc. Never returns.
  */
 static void __attribute__((noreturn)) preloaded_child(int argc, char **argv)
 {
     if (argc != 6)
         _exit(1);
-    struct variant v;
-    memset(&v, 0, sizeof(v));
-    snprintf(v.label, sizeof(v.label), "%s", argv[3]);
-    v.reexec = 1;
-    for (size_t i = 0; i < sizeof(preloads) / sizeof(preloads[0]); i++)
-        if (strcmp(argv[3], preloads[i].name) == 0)
-            v.soname = preloads[i].soname;
+    static struct variant v; /* parse_variant() points v.options into v.label */
+    parse_variant(argv[3], &v);
     struct bench_cfg bc = { .rounds = 1, .handshakes = atol(argv[4]),
                             .key = strcmp(argv[5], "rsa") ? OMT_KEY_EC : OMT_KEY_RSA };
-    if ((!v.soname && strcmp(argv[3], "glibc-exec") != 0) || bc.handshakes <= 0)
+    if (bc.handshakes <= 0)
         _exit(1);
     child_main(&v, &bc, atoi(argv[2]));
 }
