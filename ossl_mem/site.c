@@ -12,12 +12,14 @@
  * A site goes first to one slot among the first 4096 (the hot part, 32 KiB:
  * what every lookup touches), or if another site holds that slot to the
  * other slot of its 16-byte pair (the same cache line: the fast paths probe
- * both); only if both are taken does it go to the rest of the table, by linear probing from a second hash (which
- * starts in the next 512 slots, one page). A handshake uses about 400
- * sites: spread over all 65,536 slots (512 KiB) they dirtied nearly every
- * page of the shared mapping, 512 KiB of RSS; now about 10 pages. (8192 hot
- * slots: fewer sites collide and take the slow path, but 64 KiB; the
- * cachegrind figures within 0.1% of each other.)
+ * both); only if both are taken does it go to the rest of the table, by
+ * linear probing from a second hash (which starts in the next 512 slots,
+ * one page). A handshake uses about 400 sites: spread over all 65,536
+ * slots (512 KiB) they dirtied nearly every page of the shared mapping,
+ * 512 KiB of RSS; now about 10 pages. (8192 hot slots: fewer sites collide,
+ * but 64 KiB; the cachegrind figures within 0.1% of each other. Before the
+ * pair, the ~20 sites whose slot was taken went through the slow path on
+ * every call.)
  */
 #define SITE_LINE_SHIFT 47
 #define SITE_LINE_MAX   ((1 << (64 - SITE_LINE_SHIFT)) - 1)
