@@ -13,8 +13,8 @@
 set -u -o pipefail
 
 PROG=ablate.sh
-SHORT=30 LONG=130 WARMUP=10
-LL_SPEC=262144,8,64
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+. "$here/cg_lib.sh"
 ALL_ABLATIONS=(sites check stats gate zero quarantine all)
 
 usage() {
@@ -43,44 +43,24 @@ Exit status: 0 ok, 1 a build or run failed (or an edit no longer applies), 2 bad
 EOF
 }
 
-die2() { echo "$PROG: $*" >&2; exit 2; }
-die1() { echo "$PROG: $*" >&2; exit 1; }
-
-JOBS=2 KEEP=""
+cg_parse_args "$@"
 WANT=()
-while (($#)); do
-    case "$1" in
-    --help | -h) usage; exit 0 ;;
-    --jobs)
-        (($# >= 2)) || die2 "--jobs needs a value (try --help)"
-        [[ "$2" =~ ^[1-9][0-9]?$ ]] || die2 "--jobs needs a whole number from 1 to 99, got '$2'"
-        JOBS=$2; shift ;;
-    --keep) (($# >= 2)) || die2 "--keep needs a directory (try --help)"; KEEP=$2; shift ;;
-    -*) die2 "unknown argument '$1' (try --help)" ;;
-    *)
-        [[ " ${ALL_ABLATIONS[*]} " == *" $1 "* ]] || die2 "unknown ablation '$1' (try --help)"
-        WANT+=("$1") ;;
-    esac
-    shift
+for a in "${ARGS[@]}"; do
+    [[ " ${ALL_ABLATIONS[*]} " == *" $a "* ]] || die2 "unknown ablation '$a' (try --help)"
+    WANT+=("$a")
 done
 ((${#WANT[@]})) || WANT=("${ALL_ABLATIONS[@]}")
 
 for t in git valgrind python3 autoreconf; do
     command -v $t >/dev/null || die1 "$t is not installed (tools/setup.sh --bench installs what the benchmarks need)"
 done
-here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 top=$(git -C "$here" rev-parse --show-toplevel 2>/dev/null) || die1 "$here is not in a git checkout"
 MI=${MIMALLOC_SO:-$(dpkg -L libmimalloc2.0 2>/dev/null | grep -m1 '/libmimalloc\.so\.2$')} ||
     die1 "libmimalloc.so.2 not found: apt-get install libmimalloc2.0, or set MIMALLOC_SO"
 [[ -r "$MI" ]] || die1 "MIMALLOC_SO: no such file '$MI'"
 
-if [[ -n "$KEEP" ]]; then
-    mkdir -p "$KEEP" || die1 "cannot make $KEEP"
-    work=$(cd "$KEEP" && pwd)
-else
-    work=$(mktemp -d "${TMPDIR:-/tmp}/ablate_sh.XXXXXX") || die1 "mktemp failed"
-    trap 'rm -rf "$work"' EXIT
-fi
+work=$(cg_workdir) || exit 1
+[[ -n "$KEEP" ]] || trap 'rm -rf "$work"' EXIT
 src=$work/src
 rm -rf "$src" && mkdir -p "$src" "$work/bin" || die1 "cannot make $src"
 (cd "$top" && git ls-files -z | xargs -0 cp --parents -t "$src") || die1 "copying the tree failed"
@@ -172,15 +152,7 @@ run() {
     echo $? >"$base.rc"
 }
 echo "# ${#labels[@]} variants, $((${#labels[@]} * 2)) cachegrind runs, $JOBS at a time"
-running=0
-for i in "${!labels[@]}"; do
-    for n in $SHORT $LONG; do
-        run "$i" "$n" &
-        running=$((running + 1))
-        if ((running >= JOBS)); then wait -n; running=$((running - 1)); fi
-    done
-done
-wait
+cg_run_all ${#labels[@]}
 for i in "${!labels[@]}"; do
     for n in $SHORT $LONG; do
         [[ "$(cat "$work/run.$i.$n.rc")" == 0 ]] ||
@@ -188,30 +160,20 @@ for i in "${!labels[@]}"; do
     done
 done
 
-python3 - "$work" "${labels[@]}" <<'PY'
+prefixes=()
+for i in "${!labels[@]}"; do prefixes+=("$work/run.$i"); done
+figures=$(cg_per_handshake "${prefixes[@]}") || exit 1
+printf '%s\n' "$figures" | python3 -c '
 import sys
-work, labels = sys.argv[1], sys.argv[2:]
-def summary(path):
-    ev = None
-    for line in open(path):
-        if line.startswith("events:"):
-            ev = line.split()[1:]
-        elif line.startswith("summary:"):
-            return dict(zip(ev, map(int, line.split()[1:])))
-    raise SystemExit(f"ablate.sh: no summary in {path}")
-rows = []
-for i, label in enumerate(labels):
-    a, b = summary(f"{work}/run.{i}.30.out"), summary(f"{work}/run.{i}.130.out")
-    d = {k: (b[k] - a[k]) / 100 for k in a}
-    l1 = d["I1mr"] + d["D1mr"] + d["D1mw"]
-    ll = d["ILmr"] + d["DLmr"] + d["DLmw"]
-    rows.append((label, d["Ir"], l1, ll, d["Ir"] + 10 * l1 + 100 * ll))
+labels = sys.argv[1:]
+rows = [(lab, *map(float, ln.split())) for lab, ln in zip(labels, sys.stdin)]
 mi, base = rows[0][4], rows[1][4]
-print("| variant | instructions / handshake | L1 misses | LL misses | estimated cycles | vs mimalloc | saves (cycles) | saves (% of mimalloc) |")
+print("| variant | instructions / handshake | L1 misses | LL misses | estimated cycles "
+      "| vs mimalloc | saves (cycles) | saves (% of mimalloc) |")
 print("|---|---:|---:|---:|---:|---:|---:|---:|")
 for label, ir, l1, ll, cyc in rows:
     saves = f"{base - cyc:,.0f} | {100 * (base - cyc) / mi:.1f}%" if label.startswith("- ") else " | "
     print(f"| {label} | {ir:,.0f} | {l1:,.0f} | {ll:,.0f} | {cyc:,.0f} | {cyc / mi:.3f} | {saves} |")
-print("(per handshake: (run of 130 - run of 30) / 100 after 10 warm-up ones; estimated cycles = Ir + "
-      "10 x L1 misses + 100 x LL misses; '- X': the defaults with X taken out)")
-PY
+' "${labels[@]}"
+echo "(per handshake: (run of $LONG - run of $SHORT) / $((LONG - SHORT)) after $WARMUP warm-up ones;" \
+    "estimated cycles = Ir + 10 x L1 misses + 100 x LL misses; '- X': the defaults with X taken out)"

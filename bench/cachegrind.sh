@@ -27,8 +27,8 @@
 set -u -o pipefail
 
 PROG=cachegrind.sh
-SHORT=30 LONG=130 WARMUP=10
-LL_SPEC=262144,8,64
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+. "$here/cg_lib.sh"
 
 usage() {
     cat <<EOF
@@ -54,25 +54,8 @@ Exit status: 0 ok, 1 a run failed or something is missing, 2 bad arguments.
 EOF
 }
 
-die2() { echo "$PROG: $*" >&2; exit 2; }
-die1() { echo "$PROG: $*" >&2; exit 1; }
-
-JOBS=2 KEEP=""
-OPTS=()
-while (($#)); do
-    case "$1" in
-    --help | -h) usage; exit 0 ;;
-    --jobs)
-        (($# >= 2)) || die2 "--jobs needs a value (try --help)"
-        [[ "$2" =~ ^[1-9][0-9]?$ ]] || die2 "--jobs needs a whole number from 1 to 99, got '$2'"
-        JOBS=$2; shift ;;
-    --keep) (($# >= 2)) || die2 "--keep needs a directory (try --help)"; KEEP=$2; shift ;;
-    --) shift; OPTS+=("$@"); break ;;
-    -*) die2 "unknown argument '$1' (try --help)" ;;
-    *) OPTS+=("$1") ;;
-    esac
-    shift
-done
+cg_parse_args "$@"
+OPTS=("${ARGS[@]}")
 # "" on the command line is an argument like any other; with no options string at all, run "".
 ((${#OPTS[@]})) || OPTS=("")
 for o in "${OPTS[@]}"; do
@@ -98,7 +81,6 @@ MI=${MIMALLOC_SO:-$(so_path libmimalloc.so.2 libmimalloc2.0 libmimalloc2)} ||
 [[ -r "$JE" ]] || die1 "JEMALLOC_SO: no such file '$JE'"
 [[ -r "$MI" ]] || die1 "MIMALLOC_SO: no such file '$MI'"
 
-here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 BIN=""
 for d in ${BUILD:+"$BUILD/bench"} "$here"; do
     if [[ -x "$d/handshake_once" ]]; then BIN=$d/handshake_once; break; fi
@@ -107,13 +89,8 @@ done
 "$BIN" glibc 1 0 2>/dev/null | grep -q ' malloc=' ||
     die1 "$BIN does not take a warm-up count or print malloc=: rebuild it (make bench)"
 
-if [[ -n "$KEEP" ]]; then
-    mkdir -p "$KEEP" || die1 "cannot make $KEEP"
-    work=$KEEP
-else
-    work=$(mktemp -d "${TMPDIR:-/tmp}/cachegrind_sh.XXXXXX") || die1 "mktemp failed"
-    trap 'rm -rf "$work"' EXIT
-fi
+work=$(cg_workdir) || exit 1
+[[ -n "$KEEP" ]] || trap 'rm -rf "$work"' EXIT
 
 # The allocators, in table order: label, LD_PRELOAD, handshake_once variant, expected malloc.
 labels=(glibc jemalloc mimalloc) preload=("" "$JE" "$MI") variant=(glibc glibc glibc)
@@ -140,13 +117,7 @@ run() {
 
 # Run every job, JOBS at a time.
 start=$SECONDS
-for ((i = 0; i < ${#labels[@]}; i++)); do
-    for n in $SHORT $LONG; do
-        while (($(jobs -rp | wc -l) >= JOBS)); do wait -n; done
-        run "$i" "$n" &
-    done
-done
-wait
+cg_run_all ${#labels[@]}
 
 # Check every run: exit status, output file, the allocator malloc resolved to.
 for ((i = 0; i < ${#labels[@]}; i++)); do
@@ -166,43 +137,26 @@ done
 echo "# runs done in $((SECONDS - start)) s"
 grep '^desc: ' "$work/glibc.$SHORT.out" | sed 's/^desc: /# /'
 
-python3 - "$work" "$SHORT" "$LONG" "${labels[@]}" <<'EOF'
+prefixes=()
+for lab in "${labels[@]}"; do prefixes+=("$work/$lab"); done
+figures=$(cg_per_handshake "${prefixes[@]}") || exit 1
+printf '%s\n' "$figures" | python3 -c '
 import sys
-work, short, long_, labels = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
-
-def totals(path):
-    events = summary = None
-    for ln in open(path):
-        if ln.startswith("events:"):
-            events = ln.split()[1:]
-        elif ln.startswith("summary:"):
-            summary = [int(x) for x in ln.split()[1:]]
-    if not events or not summary or len(events) != len(summary):
-        sys.exit(f"cachegrind.sh: no events/summary line in {path}")
-    return dict(zip(events, summary))
-
-per = (long_ - short)
-rows = {}
-for lab in labels:
-    a, b = totals(f"{work}/{lab}.{short}.out"), totals(f"{work}/{lab}.{long_}.out")
-    try:
-        d = {e: (b[e] - a[e]) / per for e in ("Ir", "I1mr", "D1mr", "D1mw", "ILmr", "DLmr", "DLmw")}
-    except KeyError as e:
-        sys.exit(f"cachegrind.sh: event {e} missing (was --cache-sim=yes honoured?)")
-    l1 = d["I1mr"] + d["D1mr"] + d["D1mw"]
-    ll = d["ILmr"] + d["DLmr"] + d["DLmw"]
-    rows[lab] = (d["Ir"], l1, ll, d["Ir"] + 10 * l1 + 100 * ll)
+short, long_, labels = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
+rows = dict(zip(labels, (tuple(map(float, ln.split())) for ln in sys.stdin if ln.strip())))
 ref = rows["mimalloc"][3]
 w = max(len(x) for x in labels + ["allocator"])
+head, rule = "allocator".ljust(w), "-" * (w + 2)
 print()
-print(f"| {'allocator':<{w}} | instructions / handshake | L1 misses | LL misses (256 KiB LL) "
+print(f"| {head} | instructions / handshake | L1 misses | LL misses (256 KiB LL) "
       f"| estimated cycles | vs mimalloc |")
-print(f"|{'-' * (w + 2)}|-------------------------:|----------:|-----------------------:"
+print(f"|{rule}|-------------------------:|----------:|-----------------------:"
       f"|-----------------:|------------:|")
 for lab in labels:
     ir, l1, ll, cyc = rows[lab]
     print(f"| {lab:<{w}} | {ir:>24,.0f} | {l1:>9,.0f} | {ll:>22,.0f} | {cyc:>16,.0f} | "
           f"{cyc / ref:>11.3f} |")
-print(f"(per handshake: (run of {long_} - run of {short}) / {per}, both after 10 warm-up ones; "
-      f"estimated cycles = Ir + 10 x L1 misses + 100 x LL misses; vs mimalloc = cycles / mimalloc's)")
-EOF
+print(f"(per handshake: (run of {long_} - run of {short}) / {long_ - short}, both after 10 warm-up "
+      f"ones; estimated cycles = Ir + 10 x L1 misses + 100 x LL misses; vs mimalloc = cycles / "
+      f"those of mimalloc)")
+' "$SHORT" "$LONG" "${labels[@]}"

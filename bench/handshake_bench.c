@@ -26,7 +26,7 @@
 #define MAX_VARIANTS 16
 #define MAX_ROUNDS 1000
 #define WARMUP_HANDSHAKES 20
-#define CHILD_ARG "--preloaded-child" /* the re-executed child's first argument (internal) */
+#define CHILD_ARG "--child" /* the re-executed child's first argument (internal) */
 
 static const char usage[] =
     "usage: " PROG " [--variant NAME[:OPTIONS]]... [--rounds R] [--handshakes N]\n"
@@ -468,11 +468,11 @@ static double dmax(const double *a, long n)
 }
 
 /*
- * The re-executed child of a variant: argv = PROG --preloaded-child FD
+ * The re-executed child of a variant: argv = PROG --child FD
  * VARIANT HANDSHAKES ec|rsa, with the library in LD_PRELOAD for jemalloc
  * and mimalloc. Never returns.
  */
-static void __attribute__((noreturn)) preloaded_child(int argc, char **argv)
+static void __attribute__((noreturn)) reexec_child(int argc, char **argv)
 {
     if (argc != 6)
         _exit(1);
@@ -488,7 +488,7 @@ static void __attribute__((noreturn)) preloaded_child(int argc, char **argv)
 int main(int argc, char **argv)
 {
     if (argc > 1 && strcmp(argv[1], CHILD_ARG) == 0)
-        preloaded_child(argc, argv);
+        reexec_child(argc, argv);
     struct variant vars[MAX_VARIANTS];
     int nvars = 0;
     struct bench_cfg bc = { .rounds = 7, .handshakes = 300, .key = OMT_KEY_EC, .timeout = 0 };
