@@ -896,8 +896,9 @@ static inline void om_stat_free(struct om_tc *tc, size_t n)
  * With zeroing alone the wipe covers the requested bytes rounded up to 16, which leaves the
  * whole usable size zero: a free chunk is all zero (a new one comes zeroed from the system,
  * a freed one was wiped), its owner may write only its requested bytes, and a realloc that
- * shrinks a chunk in place wipes what it gives up. That is what makes a 17 KiB record buffer
- * of which a handshake used 300 bytes cost 300 bytes of wiping, not 17 KiB of cache misses.
+ * shrinks a chunk in place wipes what it gives up. So a 17 KiB record buffer in the 20 KiB
+ * class costs 17 KiB of wiping, not 20; the wipe cannot know which of those 17 KiB OpenSSL
+ * wrote, and the lines it never touched are most of zeroing's cache misses.
  * With fill or canary, which write beyond the requested bytes, the whole usable size is
  * scrubbed.
  */
