@@ -180,11 +180,11 @@ master=$!
 sleep 1.5
 victim=$(ps -o pid= --ppid $master | head -1 | tr -d ' ')
 [ -n "$victim" ] && kill -STOP "$victim"
-( sleep 90; kill -KILL $master 2>/dev/null ) &
+(sleep 90 && kill -KILL $master 2>/dev/null) &
 guard=$!
 wait $master
 st=$?
-kill $guard 2>/dev/null
+pkill -P $guard sleep 2>/dev/null # its sleep fails, so the guard kills nothing and ends
 wait $guard 2>/dev/null
 [ -n "$victim" ] && [ $st = 1 ] &&
     grep -q "^  verdict     FAIL: watchdog: worker $victim (slot [01]) made no progress for 20 s (stalled)" "$dir/out" &&
@@ -283,8 +283,13 @@ master=$!
 sleep 1.5
 kids=$(ps -o pid= --ppid $master | tr -d ' ')
 kill -TERM $master
+# bounded: a master that ignores SIGTERM is SIGKILLed after 20 s and the check fails (status 137)
+(sleep 20 && kill -KILL $master 2>/dev/null) &
+guard=$!
 wait $master
 st=$?
+pkill -P $guard sleep 2>/dev/null # its sleep fails, so the guard kills nothing and ends
+wait $guard 2>/dev/null
 left=$(alive $kids)
 [ $st = 1 ] && grep -q "verdict     FAIL: interrupted by signal 15" "$dir/out" && [ -z "$left" ]
 check $? "master SIGTERMed: the run ends with a report (status $st), no child left"
