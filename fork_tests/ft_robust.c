@@ -218,20 +218,20 @@ static void case_holder(const void *a, const void *b)
     good += WIFEXITED(st) && WEXITSTATUS(st) == 0;
     struct ossl_mem_stats s = ft_stats();
     FT_CHECK(master == 0 && good == 2, "after the kill the sibling, a new worker and the master "
-          "each completed 20 verified handshakes%s (master: %.2f s)",
-          c->hold == H_RDLOCK ? " and took the lock for writing" :
-          c->hold == H_WRLOCK ? " and took the lock for reading" :
-          c->hold == H_ARENA ? " and allocated in the arena" : "", took);
+             "each completed 20 verified handshakes%s (master: %.2f s)",
+             c->hold == H_RDLOCK ? " and took the lock for writing" :
+             c->hold == H_WRLOCK ? " and took the lock for reading" :
+             c->hold == H_ARENA ? " and allocated in the arena" : "", took);
     if (c->hold == H_ARENA) {
         FT_CHECK(s.shared_lock_repairs == 1 && s.shared_locks_recovered == 0,
-              "the arena's lock was repaired once (%llu), no OpenSSL lock recovered (%llu)",
-              (unsigned long long)s.shared_lock_repairs,
-              (unsigned long long)s.shared_locks_recovered);
+                 "the arena's lock was repaired once (%llu), no OpenSSL lock recovered (%llu)",
+                 (unsigned long long)s.shared_lock_repairs,
+                 (unsigned long long)s.shared_locks_recovered);
     } else {
         int in_ctx = ossl_mem_ssl_ctx_locks_recovered(S.srv);
         FT_CHECK(s.shared_locks_recovered == 1 && in_ctx == 1,
-              "one lock recovered (%llu), counted in the server context's scope (%d)",
-              (unsigned long long)s.shared_locks_recovered, in_ctx);
+                 "one lock recovered (%llu), counted in the server context's scope (%d)",
+                 (unsigned long long)s.shared_locks_recovered, in_ctx);
     }
     ossl_mem_worker_exited(v);
     ossl_mem_worker_exited(sib);
@@ -307,8 +307,8 @@ static void case_waiter(const void *a, const void *b)
     int ok = handshakes(&S, 20, err, sizeof err);
     alarm(0);
     FT_CHECK(blocked && killed && released, "a waiter was killed while it slept on the trust "
-          "store's lock (blocked %d, killed %d), and the holder released it (%d)", blocked,
-          killed, released);
+             "store's lock (blocked %d, killed %d), and the holder released it (%d)", blocked,
+             killed, released);
     FT_CHECK(ok == 20, "the master then verified 20 handshakes (%d) %s", ok, err);
     FT_CHECK(ft_stats().shared_locks_recovered == 0, "nothing to recover: nobody died holding it");
     exit(ft_fails ? 1 : 0);
@@ -416,8 +416,8 @@ static void case_semantics(const void *a, const void *b)
     int st;
     waitpid(pid, &st, 0);
     FT_CHECK(r1 && r2 && r3 && r4 && WIFEXITED(st) && WEXITSTATUS(st) == 0,
-          "a shared lock read-locked twice by one thread, released twice, is then free for "
-          "another process");
+             "a shared lock read-locked twice by one thread, released twice, is then free for "
+             "another process");
     /* held for writing here: another process's try and timed calls fail as libc's would */
     int p[2];
     if (pipe(p) != 0 || !CRYPTO_THREAD_write_lock(l))
@@ -429,11 +429,11 @@ static void case_semantics(const void *a, const void *b)
     waitpid(pid, &st, 0);
     CRYPTO_THREAD_unlock(l);
     FT_CHECK(got && res[0] == EBUSY && res[1] == EBUSY,
-          "trywrlock and tryrdlock of a lock another process holds return EBUSY (%d, %d)",
-          res[0], res[1]);
+             "trywrlock and tryrdlock of a lock another process holds return EBUSY (%d, %d)",
+             res[0], res[1]);
     FT_CHECK(got && res[2] == ETIMEDOUT && res[3] == ETIMEDOUT && res[4] == ETIMEDOUT,
-          "timedwrlock, timedrdlock and clockwrlock time out (%d, %d, %d)", res[2], res[3],
-          res[4]);
+             "timedwrlock, timedrdlock and clockwrlock time out (%d, %d, %d)", res[2], res[3],
+             res[4]);
     /* a robust mutex of the arena: its dead holder's lock comes back to the next locker */
     pthread_mutex_init(m, NULL);
     if ((pid = fork_child()) == 0) {
@@ -446,9 +446,9 @@ static void case_semantics(const void *a, const void *b)
     int mu = pthread_mutex_unlock(m);
     alarm(0);
     FT_CHECK(ml == 0 && mu == 0 && ft_stats().shared_locks_recovered == 1,
-          "a mutex in the arena whose holder died: locked (%d) and unlocked (%d) by the next "
-          "locker, recovery counted (%llu)", ml, mu,
-          (unsigned long long)ft_stats().shared_locks_recovered);
+             "a mutex in the arena whose holder died: locked (%d) and unlocked (%d) by the next "
+             "locker, recovery counted (%llu)", ml, mu,
+             (unsigned long long)ft_stats().shared_locks_recovered);
     pthread_mutex_destroy(m);
     OPENSSL_free(m);
     CRYPTO_THREAD_lock_free(l);
@@ -475,7 +475,7 @@ static void case_semantics(const void *a, const void *b)
         snprintf(seq + strlen(seq), sizeof seq - strlen(seq), "%s%d", i ? "," : "", a1[i]);
     }
     FT_CHECK(interposed, "this program's pthread_rwlock_* are ossl_mem's (%s), libc's found apart",
-          interposed ? info.dli_fname : "not interposed");
+             interposed ? info.dli_fname : "not interposed");
     FT_CHECK(same, "a private lock answers exactly as libc's over %d operations (%s)", n1, seq);
     exit(ft_fails ? 1 : 0);
 }
@@ -613,15 +613,15 @@ static void case_random_kills(const void *a, const void *b)
            (unsigned long long)s.shared_locks_recovered,
            (unsigned long long)s.shared_lock_repairs);
     FT_CHECK(done == kills && stalls == 0, "%d of %d kills done, survivors never stalled", done,
-          kills);
+             kills);
     FT_CHECK(s.shared_locks_recovered > 0, "kills landed inside locks: %llu recovered",
-          (unsigned long long)s.shared_locks_recovered);
+             (unsigned long long)s.shared_locks_recovered);
     FT_CHECK(atomic_load(&bd->bad) == 0, "every handshake a worker finished verified (%ld did not%s%s)",
-          atomic_load(&bd->bad), bd->bad_written ? ": " : "", bd->first_bad);
+             atomic_load(&bd->bad), bd->bad_written ? ": " : "", bd->first_bad);
     FT_CHECK(clean == KILL_WORKERS, "the %d last workers stopped cleanly when told", clean);
     FT_CHECK(mine == 10, "the master verified 10 handshakes at the end %s", err);
     FT_CHECK(most == used0 && s.shared_used == used0, "the arena stayed at %llu bytes (most %llu)",
-          (unsigned long long)used0, (unsigned long long)most);
+             (unsigned long long)used0, (unsigned long long)most);
     FT_CHECK(ossl_mem_check() == 0, "the master's check is clean");
     exit(ft_fails ? 1 : 0);
 }
@@ -780,15 +780,15 @@ static void case_reload_kills(const void *a, const void *b)
            (unsigned long long)s.shared_lock_repairs, (unsigned long long)res.used[RELOADS / 2],
            (unsigned long long)res.used[RELOADS]);
     FT_CHECK(res.built == RELOADS && res.kills > 20, "%d reloads with %d kills", res.built,
-          res.kills);
+             res.kills);
     FT_CHECK(atomic_load(&bd->bad) == 0 && atomic_load(&bd->ok) > 0,
-          "%ld handshakes, every finished one verified (%ld did not%s%s)", atomic_load(&bd->ok),
-          atomic_load(&bd->bad), bd->bad_written ? ": " : "", bd->first_bad);
+             "%ld handshakes, every finished one verified (%ld did not%s%s)", atomic_load(&bd->ok),
+             atomic_load(&bd->bad), bd->bad_written ? ": " : "", bd->first_bad);
     FT_CHECK(floor_late <= floor_early + res.gen_bytes / 2 && most <= used0 + 12 * res.gen_bytes,
-          "arena use steady without ossl_mem_reclaim(): least use over reloads 1-20 %llu bytes "
-          "over the baseline, over the last 20 %llu, most %llu; a generation takes %llu",
-          (unsigned long long)(floor_early - used0), (unsigned long long)(floor_late - used0),
-          (unsigned long long)(most - used0), (unsigned long long)res.gen_bytes);
+             "arena use steady without ossl_mem_reclaim(): least use over reloads 1-20 %llu bytes "
+             "over the baseline, over the last 20 %llu, most %llu; a generation takes %llu",
+             (unsigned long long)(floor_early - used0), (unsigned long long)(floor_late - used0),
+             (unsigned long long)(most - used0), (unsigned long long)res.gen_bytes);
     /*
      * Back to the baseline, give or take one key: the objects killed workers kept counted
      * references to come back only when no word of this process's memory points at them, and
@@ -867,10 +867,10 @@ static void case_refs(const void *a, const void *b)
     long reg2 = build_then_share(&g2);
     uint64_t g2_bytes = ft_stats().shared_used - before + left;
     FT_CHECK(r1 == 1 && r2 == 1 && left > 0, "the retired generation was destroyed at once, and "
-          "%llu bytes stayed: the killed worker's references", (unsigned long long)left);
+             "%llu bytes stayed: the killed worker's references", (unsigned long long)left);
     FT_CHECK(reg2 == reg1 - (long)left, "registering the next generation collected them: it added "
-          "%ld bytes, the first registration %ld (no ossl_mem_reclaim() call; generation %llu "
-          "bytes)", reg2, reg1, (unsigned long long)g2_bytes);
+             "%ld bytes, the first registration %ld (no ossl_mem_reclaim() call; generation %llu "
+             "bytes)", reg2, reg1, (unsigned long long)g2_bytes);
     exit(ft_fails ? 1 : 0);
 }
 

@@ -133,10 +133,10 @@ static void case_verify(const void *a, const void *b)
     ossl_mem_shared_end();
     struct ossl_mem_stats s1 = ft_stats();
     FT_CHECK(ossl_mem_is_shared(s.srv) && ossl_mem_is_shared(s.cli) && s1.shared_contexts == 2,
-          "contexts built in the arena and registered (%llu bytes, %llu chunks)",
-          (unsigned long long)s1.shared_used, (unsigned long long)s1.shared_live_chunks);
+             "contexts built in the arena and registered (%llu bytes, %llu chunks)",
+             (unsigned long long)s1.shared_used, (unsigned long long)s1.shared_live_chunks);
     FT_CHECK(s1.lock_inits_shared > 0, "%llu OpenSSL locks in the arena made process-shared",
-          (unsigned long long)s1.lock_inits_shared);
+             (unsigned long long)s1.lock_inits_shared);
     int ready[2];
     if (pipe(ready) != 0)
         exit(1);
@@ -167,7 +167,7 @@ static void case_verify(const void *a, const void *b)
     FT_CHECK(ok == 50, "parent still completes handshakes after its workers are gone (%d/50 %s)", ok, err);
     FT_CHECK(ossl_mem_check() == 0, "ossl_mem_check() clean in the parent");
     FT_CHECK(strcmp(note, "the parent's shared configuration") == 0, "the buffer a worker tried to "
-          "free is intact in the parent");
+             "free is intact in the parent");
     OPENSSL_free(note);
     omt_pki_free(&s.pki);
     int r1 = ossl_mem_retire_ssl_ctx(s.srv), r2 = ossl_mem_retire_ssl_ctx(s.cli);
@@ -175,10 +175,10 @@ static void case_verify(const void *a, const void *b)
     FT_CHECK(r1 == 1 && r2 == 1, "retire destroyed both contexts at once (every worker reported)");
     FT_CHECK(s2.shared_used == s0.shared_used && s2.shared_live_chunks == s0.shared_live_chunks &&
               s2.shared_contexts == 0,
-          "arena back to its pre-context figures: %llu bytes, %llu chunks (%llu chunks the killed "
-          "worker's references kept were reclaimed)",
-          (unsigned long long)s2.shared_used, (unsigned long long)s2.shared_live_chunks,
-          (unsigned long long)s2.shared_reclaimed);
+             "arena back to its pre-context figures: %llu bytes, %llu chunks (%llu chunks the "
+             "killed worker's references kept were reclaimed)",
+             (unsigned long long)s2.shared_used, (unsigned long long)s2.shared_live_chunks,
+             (unsigned long long)s2.shared_reclaimed);
     FT_CHECK(s2.shared_reclaimed > 0, "the killed worker's raised reference counts did not leak");
     FT_CHECK(s2.double_frees == 0 && s2.invalid_frees == 0, "no double or invalid free in the parent");
     FT_CHECK(ossl_mem_check() == 0, "ossl_mem_check() clean after destruction");
@@ -229,8 +229,8 @@ static void case_rsa(const void *a, const void *b)
     FT_CHECK(good == 4, "4 workers x 150 handshakes with shared RSA-2048 keys all verified");
     omt_pki_free(&pki);
     FT_CHECK(ossl_mem_retire_ssl_ctx(srv) == 1 && ossl_mem_retire_ssl_ctx(cli) == 1 &&
-          ft_stats().shared_live_chunks == 0 && ossl_mem_check() == 0,
-          "retired and reclaimed: the arena is empty");
+             ft_stats().shared_live_chunks == 0 && ossl_mem_check() == 0,
+             "retired and reclaimed: the arena is empty");
     exit(ft_fails ? 1 : 0);
 }
 
@@ -273,7 +273,7 @@ static void case_unregistered(const void *a, const void *b)
     FT_CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the worker's frees were refused as inherited");
     int ok = handshakes(srv, cli, 5, 0, NULL, 0);
     FT_CHECK(ok < 5, "without registration the parent's context is dead after a worker freed it "
-          "(%d/5 handshakes): the failure share_ssl_ctx prevents", ok);
+             "(%d/5 handshakes): the failure share_ssl_ctx prevents", ok);
     exit(ft_fails ? 1 : 0);
 }
 
@@ -395,9 +395,9 @@ static void case_robust(const void *a, const void *b)
     }
     struct ossl_mem_stats s = ft_stats();
     FT_CHECK(good == 3, "3 workers allocated and freed in the arena after a process died holding "
-          "its lock");
+             "its lock");
     FT_CHECK(s.shared_lock_repairs == 1, "the abandoned lock was repaired once (%llu)",
-          (unsigned long long)s.shared_lock_repairs);
+             (unsigned long long)s.shared_lock_repairs);
     FT_CHECK(s.shared_live_chunks == 0 && ossl_mem_check() == 0, "arena consistent after the repair");
     exit(ft_fails ? 1 : 0);
 }
@@ -540,19 +540,19 @@ static void case_reload(const void *a, const void *b)
     if (s1.shared_used != s0.shared_used)
         ossl_mem_report(stdout, OSSL_MEM_REPORT_TEXT);
     FT_CHECK(res.good == RELOAD_WORKERS && atomic_load(&bd->failures) == 0,
-          "%d reloads: %ld handshakes by %d workers, %ld failed, every one verified against the "
-          "generation it started with", res.built - 1, atomic_load(&bd->handshakes),
-          RELOAD_WORKERS, atomic_load(&bd->failures));
+             "%d reloads: %ld handshakes by %d workers, %ld failed, every one verified against the "
+             "generation it started with", res.built - 1, atomic_load(&bd->handshakes),
+             RELOAD_WORKERS, atomic_load(&bd->failures));
     FT_CHECK(atomic_load(&bd->handshakes) >= RELOADS, "workers kept serving during the reloads");
     FT_CHECK(res.most <= 4 * (res.used_at_10 ? res.used_at_10 : 1), "arena use stayed bounded: "
-          "%llu bytes at reload 10, at most %llu", (unsigned long long)res.used_at_10,
-          (unsigned long long)res.most);
+             "%llu bytes at reload 10, at most %llu", (unsigned long long)res.used_at_10,
+             (unsigned long long)res.most);
     FT_CHECK(s1.shared_used == s0.shared_used && s1.shared_contexts == 0,
-          "after the last retire the arena is back to %llu bytes (was %llu before the first "
-          "context; %llu chunks reclaimed)", (unsigned long long)s1.shared_used,
-          (unsigned long long)s0.shared_used, (unsigned long long)s1.shared_reclaimed);
+             "after the last retire the arena is back to %llu bytes (was %llu before the first "
+             "context; %llu chunks reclaimed)", (unsigned long long)s1.shared_used,
+             (unsigned long long)s0.shared_used, (unsigned long long)s1.shared_reclaimed);
     FT_CHECK(ossl_mem_check() == 0 && s1.double_frees == 0 && s1.invalid_frees == 0,
-          "parent clean after %d reloads", RELOADS);
+             "parent clean after %d reloads", RELOADS);
     exit(ft_fails ? 1 : 0);
 }
 
@@ -578,8 +578,8 @@ static void case_exhaust(const void *a, const void *b)
     ERR_clear_error();
     struct ossl_mem_stats s = ft_stats();
     FT_CHECK(n > 0 && n < 1000 && s.shared_failed > 0, "a 2 MiB arena held %d server contexts, then "
-          "context creation failed cleanly (%llu refused allocations, OpenSSL said: %s)", n,
-          (unsigned long long)s.shared_failed, err ? ERR_reason_error_string(err) : "nothing");
+             "context creation failed cleanly (%llu refused allocations, OpenSSL said: %s)", n,
+             (unsigned long long)s.shared_failed, err ? ERR_reason_error_string(err) : "nothing");
     for (int i = 0; i < n; i++)
         SSL_CTX_free(ctx[i]);
     uint64_t used = ft_stats().shared_used;
@@ -589,7 +589,7 @@ static void case_exhaust(const void *a, const void *b)
         again++;
     ossl_mem_shared_end();
     FT_CHECK(again == n / 2, "after the frees %d new contexts fit again (arena down to %llu bytes)",
-          again, (unsigned long long)used);
+             again, (unsigned long long)used);
     for (int i = 0; i < again; i++)
         SSL_CTX_free(ctx[i]);
     omt_pki_free(&pki);
@@ -628,7 +628,7 @@ static void case_scan(const void *a, const void *b)
     waitpid(pid, &st, 0);
     ossl_mem_worker_exited(pid);
     FT_CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the scan found nothing after clean handshakes "
-          "and exactly the planted private pointer");
+             "and exactly the planted private pointer");
     FT_CHECK(ossl_mem_check() == 0, "the parent, which has not that memory, finds nothing");
     exit(ft_fails ? 1 : 0);
 }
@@ -670,7 +670,7 @@ static void case_unprepared(const void *a, const void *b)
     }
     printf("no-shared-prepare: %d of 4 workers clean\n", clean);
     FT_CHECK(clean < 4, "without the warm-up and the lazy fill, workers fail (%d of 4 clean): "
-          "what shared-prepare prevents", clean);
+             "what shared-prepare prevents", clean);
     exit(ft_fails ? 1 : 0);
 }
 
@@ -697,7 +697,7 @@ static void case_inherited_abort(const void *a, const void *b)
     waitpid(pid, &st, 0);
     ossl_mem_worker_exited(pid);
     FT_CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "a worker's free of the parent's shared chunk "
-          "under on-error=abort: refused, counted, survived");
+             "under on-error=abort: refused, counted, survived");
     FT_CHECK(strcmp(note, "kept by the parent") == 0, "the chunk is intact in the parent");
     OPENSSL_free(note);
     FT_CHECK(ft_stats().shared_live_chunks == 0, "the owner's own free is performed");

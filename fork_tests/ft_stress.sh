@@ -14,6 +14,16 @@ dir=$(mktemp -d /tmp/ft_stress.XXXXXX)
 trap 'rm -rf "$dir"' EXIT
 pass=0 fail=0
 check() { if [ "$1" = 0 ]; then echo "ok: $2"; pass=$((pass + 1)); else echo "FAIL: $2"; fail=$((fail + 1)); fi; }
+# wait_master SECONDS: waits for $master and sets st to its status; a master still running after
+# SECONDS is SIGKILLed (st 137), so a hang fails its check instead of the whole test
+wait_master() {
+    (sleep "$1" && kill -KILL $master 2>/dev/null) &
+    local guard=$!
+    wait $master
+    st=$?
+    pkill -P $guard sleep 2>/dev/null # its sleep fails, so the guard kills nothing and ends
+    wait $guard 2>/dev/null
+}
 
 # json FILE PYTHON-CONDITION: the file parses, has the report's keys, and the condition holds
 json() {
@@ -180,12 +190,7 @@ master=$!
 sleep 1.5
 victim=$(ps -o pid= --ppid $master | head -1 | tr -d ' ')
 [ -n "$victim" ] && kill -STOP "$victim"
-(sleep 90 && kill -KILL $master 2>/dev/null) &
-guard=$!
-wait $master
-st=$?
-pkill -P $guard sleep 2>/dev/null # its sleep fails, so the guard kills nothing and ends
-wait $guard 2>/dev/null
+wait_master 90
 [ -n "$victim" ] && [ $st = 1 ] &&
     grep -q "^  verdict     FAIL: watchdog: worker $victim (slot [01]) made no progress for 20 s (stalled)" "$dir/out" &&
     json "$dir/stall.json" 'd["handshakes_failed"] == 0 and d["handshakes_ok"] > 0 and d["verdict"] == "FAIL"'
@@ -283,13 +288,7 @@ master=$!
 sleep 1.5
 kids=$(ps -o pid= --ppid $master | tr -d ' ')
 kill -TERM $master
-# bounded: a master that ignores SIGTERM is SIGKILLed after 20 s and the check fails (status 137)
-(sleep 20 && kill -KILL $master 2>/dev/null) &
-guard=$!
-wait $master
-st=$?
-pkill -P $guard sleep 2>/dev/null # its sleep fails, so the guard kills nothing and ends
-wait $guard 2>/dev/null
+wait_master 20
 left=$(alive $kids)
 [ $st = 1 ] && grep -q "verdict     FAIL: interrupted by signal 15" "$dir/out" && [ -z "$left" ]
 check $? "master SIGTERMed: the run ends with a report (status $st), no child left"

@@ -759,21 +759,29 @@ OM_HIDDEN void om_locks_init(void);
 OM_HIDDEN extern _Atomic uint64_t om_lock_inits_shared;
 
 /*
- * The id of OpenSSL site <file>:<line>: one probe of the shared site table
- * when the site is known (the common case; two for a site whose first slot
- * another one took), om_site_id_slow() otherwise. The probes are in the
- * table's first 4096 slots (32 KiB), where most sites live: site.c says why.
+ * The id of OpenSSL site <file>:<line> if the shared site table holds it at
+ * its first probe (the common case) or the second (the other slot of the
+ * pair), else 0xFFFFFFFF. The probes are in the table's first 4096 slots
+ * (32 KiB), where most sites live: site.c says why. The allocator's fast
+ * paths take their slow path on 0xFFFFFFFF; om_site_id() registers the site.
  */
-static inline uint16_t om_site_id(const char *file, int line)
+static inline __attribute__((always_inline)) uint32_t om_site_probe(const char *file, int line)
 {
     uint64_t key = (uint64_t)(uintptr_t)file | (uint64_t)(uint32_t)line << 47;
     uint32_t i = (uint32_t)((key * om_g.site_mul) >> (64 - OM_SITES_HOT_SHIFT));
     /* slots 0 and 1 hold 0, which only the key of (NULL, 0), site 0, matches */
     if (OM_LIKELY(atomic_load_explicit(&om_g.sites[i], memory_order_relaxed) == key))
-        return (uint16_t)i;
+        return i;
     if (atomic_load_explicit(&om_g.sites[i ^ 1], memory_order_relaxed) == key)
-        return (uint16_t)(i ^ 1);
-    return om_site_id_slow(file, line);
+        return i ^ 1;
+    return 0xFFFFFFFFu;
+}
+
+/* The id of OpenSSL site <file>:<line>: om_site_probe(), om_site_id_slow() when it fails. */
+static inline uint16_t om_site_id(const char *file, int line)
+{
+    uint32_t site = om_site_probe(file, line);
+    return OM_LIKELY(site <= 0xFFFF) ? (uint16_t)site : om_site_id_slow(file, line);
 }
 
 /* Returns the calling thread's cache, making one if needed. Pair with om_tc_leave(). */

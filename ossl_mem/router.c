@@ -198,23 +198,6 @@ static OM_COLD void *malloc_slow(size_t n, const char *file, int line)
     return malloc_slow_site(n, om_site_id(file, line));
 }
 
-/*
- * The site id of <file>:<line> if the site table's first probe finds it
- * (the common case) or the second (the other slot of the pair), else
- * 0xFFFFFFFF: the fast paths then take their slow path, which registers
- * the site.
- */
-static inline __attribute__((always_inline)) uint32_t site_fast(const char *file, int line)
-{
-    uint64_t key = (uint64_t)(uintptr_t)file | (uint64_t)(uint32_t)line << 47;
-    uint32_t i = (uint32_t)((key * om_g.site_mul) >> (64 - OM_SITES_HOT_SHIFT));
-    if (OM_LIKELY(atomic_load_explicit(&om_g.sites[i], memory_order_relaxed) == key))
-        return i;
-    if (atomic_load_explicit(&om_g.sites[i ^ 1], memory_order_relaxed) == key)
-        return i ^ 1;
-    return 0xFFFFFFFFu;
-}
-
 /* Whether a live-byte change to <l> needs om_stat_flush(). */
 static inline bool stat_due(const struct om_tc *tc, int64_t l)
 {
@@ -241,7 +224,7 @@ static OM_COLD void *end_flush(struct om_tc *tc, void *p)
  */
 void *om_malloc_cb(size_t n, const char *file, int line)
 {
-    uint32_t site = site_fast(file, line);
+    uint32_t site = om_site_probe(file, line);
     if (OM_UNLIKELY(site > 0xFFFF))
         return malloc_slow(n, file, line);
     struct om_tc *tc = om_tls_tc;
@@ -394,7 +377,7 @@ static inline __attribute__((always_inline)) void free_fast(void *p, const char 
     /* the site first: after it <file> and <line> are dead, which leaves enough registers for
        the rest without saving any; each test has its own branch (combined, the compiler
        materialises every flag) */
-    uint32_t site = site_fast(file, line);
+    uint32_t site = om_site_probe(file, line);
     if (OM_UNLIKELY(site > 0xFFFF))
         return free_slow(p, file, line);
     if (OM_UNLIKELY(a - om_g.fast_lo >= atomic_load_explicit(&om_g.fast_len, memory_order_relaxed)))
